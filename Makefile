@@ -1,0 +1,57 @@
+# fleetmesh.tailscale developer entry points. On a fresh Debian 12 machine, as root:
+#   make demo   provision the lab fleet end to end and show its state
+#   make test   everything CI runs
+# Each installs what it needs (Debian packages, .venv with pinned Python packages) and skips what is present.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+
+# Debian packages: python3-venv for the venv; the rest are added by the lab and plugin work as they land.
+APT_PACKAGES := python3-venv python3-dev git tar gzip ca-certificates
+
+.PHONY: help deps apt venv lint sanity ee-context unit test demo clean
+
+help:
+	@echo "make demo   provision the lab fleet end to end and show its state"
+	@echo "make test   every gate CI runs (lint, ansible-test sanity, EE context, pytest)"
+	@echo "make lint | sanity | ee-context | unit   one gate at a time"
+
+deps: apt venv
+
+apt:
+	@tests/tooling/apt-install.sh $(APT_PACKAGES)
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements-dev.txt tests/lab/pyproject.toml
+	@if [ ! -x $(BIN)/python ]; then echo "venv: creating $(VENV)"; $(PYTHON) -m venv $(VENV); fi
+	@echo "venv: installing pinned Python packages from requirements-dev.txt"
+	@$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@$(BIN)/pip install --quiet --disable-pip-version-check -e tests/lab
+	@$(BIN)/python tests/tooling/install_ansible_test_bootstrap.py
+	@touch $@
+
+lint: deps
+	tests/tooling/gates.sh lint
+
+sanity: deps
+	tests/tooling/gates.sh sanity
+
+ee-context: deps
+	tests/tooling/gates.sh ee
+
+unit: deps
+	tests/tooling/gates.sh pytest
+
+test: deps
+	tests/tooling/gates.sh all
+
+demo: deps
+	tests/tooling/demo.sh
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache
