@@ -1,0 +1,346 @@
+"""The lab's Python API (used by the CLI and by tests): up, down, exec, reboot, wifi, list, prepare.
+
+from fleetlab import lab
+dev = lab.up("kobo1", "kobo")
+print(lab.exec_("kobo1", ["uname", "-m"]).stdout)   # armv7l
+lab.down("kobo1")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+from fleetlab import boot, devices, netns, rootfs, udev
+from fleetlab.devices import Profile
+from fleetlab.state import DEVICES_DIR, RUN_DIR, Device, LabError, ProcRef, check_name, device_names, free_index, locked
+
+ADB_PORT = 5555
+TELNET_PORT = 23
+# Other helpers' processes tied to a device (shaper, ...) may be recorded as <device dir>/procs/<label>.json holding
+# {"pid": N, "starttime": T} (see state.ProcRef): `down` and `reboot` kill them by pid.
+PROCS_SUBDIR = "procs"
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("fleetlab needs root (namespaces, mounts, veths): run it with sudo")
+
+
+def _optional_module(name: str, what: str) -> ModuleType:
+    """A lab part another helper owns; a clear error while it does not exist yet."""
+    if importlib.util.find_spec(f"fleetlab.{name}") is None:
+        raise LabError(f"{what} is not available: tests/lab/fleetlab/{name}.py does not exist yet")
+    return importlib.import_module(f"fleetlab.{name}")
+
+
+# ---------------------------------------------------------------------------------------------------------- prepare
+
+
+def prepare(profiles: list[str] | None = None) -> None:
+    """Download and build everything the devices need (idempotent); prints what it fetches or builds."""
+    require_root()
+    from fleetlab import bundles
+
+    for name in profiles or list(devices.PROFILES):
+        path = rootfs.template(devices.get(name))
+        print(f"template {name}: {path}")
+    for arch in bundles.ARCHES:
+        print(f"iptables bundle {arch}: {bundles.ensure_bundle(arch)}")
+
+
+# --------------------------------------------------------------------------------------------------------------- up
+
+
+def _hash_password(root: Path, password: str) -> str:
+    """SHA-512 crypt by the device's own busybox; the password travels on stdin, never on a command line."""
+    proc = subprocess.run(
+        ["chroot", str(root), "/bin/busybox", "mkpasswd", "-m", "sha512", "-P", "0"],
+        input=password,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0 or not proc.stdout.startswith("$"):
+        raise LabError(f"hashing the root password failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def _customise(device: Device) -> None:
+    """Per-device files written into the overlay (the template stays shared and untouched)."""
+    root = device.root
+    (root / "etc/hostname").write_text(f"{device.hostname}\n")
+    (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n{device.address} {device.hostname}\n")
+    if device.password:
+        hashed = _hash_password(root, device.password)
+        shadow = root / "etc/shadow"
+        shadow.write_text(f"root:{hashed}:19000:0:99999:7:::\n")
+        shadow.chmod(0o600)
+
+
+def _start_adbd(device: Device) -> None:
+    adbd = _optional_module("adbd", "the quecopen profile's adbd")
+    cmd = [
+        *boot.nsenter_cmd(device, chroot=False),
+        sys.executable,
+        "-m",
+        adbd.__name__,
+        "--listen",
+        f"{device.address}:{ADB_PORT}",
+        "--root",
+        str(device.root),
+    ]
+    env = boot.device_env()
+    if device.login_prompt:
+        # The adbd reads the expected login from its environment: a password never goes on a command line.
+        cmd += ["--login-prompt"]
+        env["FLEETLAB_ADB_LOGIN"] = f"root:{device.password}"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    with open(device.dir / "adbd.log", "ab") as log:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    device.extra["adbd"] = {"pid": proc.pid, "starttime": ProcRef.of(proc.pid).starttime}
+
+
+def _boot(device: Device, profile: Profile) -> None:
+    """Start init (which runs rcS: rc5.d S* scripts on rc5 profiles), the door daemons, then the boot uevent."""
+    boot.start_init(device, profile)
+    device.save()
+    if profile.telnet:
+        boot.wait_tcp(device.address, TELNET_PORT)
+    if profile.adb:
+        _start_adbd(device)
+        device.save()
+        boot.wait_tcp(device.address, ADB_PORT)
+    if profile.boot == "udev":
+        results = fire_udev(device, udev.loop_event("add"))
+        failed = [r for r in results if r.returncode != 0]
+        if failed:
+            log = device.dir / "udev.log"
+            print(f"fleetlab: {device.name}: boot RUN failed: {failed} (see {log})", file=sys.stderr)
+
+
+def up(
+    name: str,
+    profile: str,
+    *,
+    password: str = "",
+    login_prompt: bool = False,
+    readonly_root: bool = False,
+    tun_node: bool | None = None,
+    hostname: str | None = None,
+) -> Device:
+    """Create and boot a device; returns its record (address, services)."""
+    require_root()
+    check_name(name)
+    if profile == "systemd":
+        return _optional_module("systemd_device", "the systemd profile").up(name)
+    prof = devices.get(profile)
+    if readonly_root and profile != "quecopen":
+        raise LabError("--readonly-root is a quecopen option")
+    if login_prompt and not prof.adb:
+        raise LabError("--login-prompt is for the adb door (quecopen); telnet always asks for a login")
+    lower = rootfs.template(prof)
+    with locked():
+        if (DEVICES_DIR / name).exists():
+            raise LabError(f"device {name} exists already (fleetlab down {name} first)")
+        device = Device(
+            name=name,
+            profile=profile,
+            index=free_index(),
+            hostname=hostname or prof.hostname or name,
+            password=password,
+            login_prompt=login_prompt,
+            readonly_root=readonly_root,
+            tun_node=prof.tun_node if tun_node is None else tun_node,
+            template=str(lower),
+            services={"telnet": TELNET_PORT} if prof.telnet else {"adb": ADB_PORT},
+        )
+        device.save()  # reserves name and address for concurrent `up`s
+    try:
+        netns.create_device_net(device.netns, device.veth_host, device.address)
+        rootfs.mount_device_root(device, prof, lower)
+        device.save()
+        _customise(device)
+        _boot(device, prof)
+        device.save()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            _teardown(device)
+        raise
+    return device
+
+
+# ------------------------------------------------------------------------------------------------------------- down
+
+
+def _kill_recorded(device: Device) -> None:
+    refs: list[ProcRef] = []
+    if "adbd" in device.extra:
+        refs.append(ProcRef(**device.extra["adbd"]))
+    procs = device.dir / PROCS_SUBDIR
+    if procs.is_dir():
+        for path in procs.glob("*.json"):
+            with contextlib.suppress(ValueError, TypeError, OSError):
+                refs.append(ProcRef(**json.loads(path.read_text())))
+    for ref in refs:
+        if ref.alive():
+            os.kill(ref.pid, signal.SIGKILL)
+
+
+def _teardown(device: Device) -> None:
+    _kill_recorded(device)
+    boot.stop_init(device)
+    rootfs.unmount_device_root(device)
+    netns.remove_device_net(device.netns, device.veth_host)
+    shutil.rmtree(device.dir, ignore_errors=True)
+
+
+def _is_systemd_device(name: str) -> bool:
+    with contextlib.suppress(LabError):
+        return Device.load(name).profile == "systemd"
+    return False
+
+
+def down(name: str) -> None:
+    """Remove a device: its processes (by pid), mounts, netns, veth and files. Idempotent."""
+    require_root()
+    check_name(name)
+    if _is_systemd_device(name):
+        _optional_module("systemd_device", "the systemd profile").down(name)
+        return
+    try:
+        device = Device.load(name)
+    except LabError:
+        # Half-made or already gone: remove whatever carries its name.
+        netns.remove_device_net(f"fleetlab-{name}", f"flv-{name}")
+        _unmount_under(DEVICES_DIR / name)
+        shutil.rmtree(DEVICES_DIR / name, ignore_errors=True)
+        return
+    _teardown(device)
+
+
+def _unmount_under(base: Path) -> None:
+    prefix = f"{base}/"
+    with open("/proc/self/mounts") as fh:
+        points = [line.split()[1] for line in fh]
+    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        rootfs.umount(point)
+
+
+def down_all() -> None:
+    """Every device, the mirror, leftovers carrying lab names, and the bridge. Idempotent."""
+    require_root()
+    for name in device_names() + sorted(p.name for p in DEVICES_DIR.glob("*") if p.is_dir()):
+        if (DEVICES_DIR / name).exists():
+            down(name)
+    if importlib.util.find_spec("fleetlab.mirror") is not None:
+        with contextlib.suppress(LabError):
+            mirror("stop")
+    for ns in netns.lab_netns():
+        netns.remove_device_net(ns, f"flv-{ns.removeprefix('fleetlab-')}")
+    for link in netns.lab_links():
+        if link.startswith("flv-"):
+            subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)
+    _unmount_under(RUN_DIR)
+    netns.remove_bridge()
+
+
+# --------------------------------------------------------------------------------------------------- exec and events
+
+
+def get(name: str) -> Device:
+    check_name(name)
+    return Device.load(name)
+
+
+def list_devices() -> list[Device]:
+    from fleetlab.state import devices as all_devices
+
+    return all_devices()
+
+
+def exec_(
+    name: str, argv: list[str], *, input: str | None = None, timeout: float | None = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run argv inside the device (as root, in its namespaces and root); output captured."""
+    require_root()
+    device = get(name)
+    if device.profile == "systemd":
+        return _optional_module("systemd_device", "the systemd profile").exec_(name, argv, input=input, timeout=timeout)
+    return boot.exec_in(device, argv, input=input, timeout=timeout)
+
+
+def fire_udev(device: Device, event: udev.Event) -> list[udev.RunResult]:
+    """Deliver one uevent: parse the device's rules (errors raise UdevRuleError), run matching RUN programs."""
+    rules = udev.load_rules(device.root / "etc/udev/rules.d")
+    results = []
+    for command in udev.programs_for(rules, event):
+        results.append(udev.run_program(boot.nsenter_cmd(device), command, event, device.dir / "udev.log"))
+    return results
+
+
+def wifi(name: str, state: str) -> list[udev.RunResult]:
+    """`up` fires the wlan0 add uevent, `down` the remove uevent (the Kobo's Wi-Fi hooks)."""
+    require_root()
+    device = get(name)
+    if state not in ("up", "down"):
+        raise LabError("wifi state must be up or down")
+    if devices.get(device.profile).boot != "udev":
+        raise LabError(f"{name} ({device.profile}) has no udev Wi-Fi hooks; only kobo does")
+    return fire_udev(device, udev.wlan_event("add" if state == "up" else "remove"))
+
+
+def reboot(name: str) -> Device:
+    """Kill every process of the device, clear its volatile dirs, boot it again. /, /mnt/onboard, /usrdata stay."""
+    require_root()
+    device = get(name)
+    if device.profile == "systemd":
+        return _optional_module("systemd_device", "the systemd profile").reboot(name)
+    prof = devices.get(device.profile)
+    _kill_recorded(device)
+    device.extra.pop("adbd", None)
+    boot.stop_init(device)
+    # /tmp and /run are tmpfs of the dead mount namespace: gone already. Their underlying directories in the
+    # overlay are cleared too, in case something wrote there while they were not mounted.
+    for path in prof.volatile:
+        target = device.root / path.lstrip("/")
+        if target.is_dir() and not target.is_symlink():
+            for child in target.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+    device.save()
+    _boot(device, prof)
+    device.save()
+    return device
+
+
+def mirror(action: str) -> None:
+    """Start or stop the release mirror on 198.18.0.1:8080 (fleetlab/mirror.py, owned by the stand-in work)."""
+    require_root()
+    module = _optional_module("mirror", "the release mirror")
+    if action == "start":
+        netns.ensure_bridge()
+    func = getattr(module, action, None)
+    if func is None:
+        raise LabError(f"fleetlab.mirror has no {action}() function")
+    func()
+
+
+def wait_gone(pids: list[int], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.02)

@@ -1,0 +1,57 @@
+"""`fleetlab down --all` leaves no namespace, veth, mount, file or process of the lab behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fleetlab import lab, netns
+from fleetlab.state import BRIDGE, DEVICES_DIR, device_names
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, mounts, veths)"),
+]
+
+
+def _lab_mounts() -> list[str]:
+    with open("/proc/mounts") as fh:
+        return [line for line in fh if "fleetlab" in line]
+
+
+def test_down_all_removes_everything() -> None:
+    foreign = [n for n in device_names() if not n.startswith("lt-")]
+    if foreign:
+        pytest.skip(f"other lab devices are running ({', '.join(foreign)}): down --all would destroy them")
+    a = lab.up("lt-td1", "sysvinit")
+    b = lab.up("lt-td2", "sysvinit")
+    # A process started inside the device (not by init) must die too.
+    stray = subprocess.Popen(["fleetlab", "exec", "lt-td2", "--", "sleep", "1000"], start_new_session=True)
+    for _ in range(100):
+        if "sleep 1000" in lab.exec_("lt-td2", ["ps"]).stdout:
+            break
+    assert "sleep 1000" in lab.exec_("lt-td2", ["ps"]).stdout
+    pids = [ref.pid for d in (a, b) for ref in (d.init, d.launcher) if ref is not None]
+    assert all(Path(f"/proc/{p}").exists() for p in pids)
+    assert _lab_mounts() and netns.lab_netns() and BRIDGE in netns.lab_links()
+
+    lab.down_all()
+    lab.down_all()  # idempotent
+
+    lab.wait_gone(pids)
+    assert stray.wait(timeout=5) != 0  # killed with its device
+    assert [p for p in pids if Path(f"/proc/{p}").exists()] == []
+    assert netns.lab_netns() == []
+    assert netns.lab_links() == []
+    assert "fleetlab" not in subprocess.run(["ip", "netns", "list"], check=False, capture_output=True, text=True).stdout
+    assert "flv-" not in subprocess.run(["ip", "-o", "link"], check=False, capture_output=True, text=True).stdout
+    assert _lab_mounts() == []
+    assert list(DEVICES_DIR.glob("*")) == []
+
+
+def test_down_is_idempotent_for_unknown_device() -> None:
+    lab.down("lt-never")
+    assert not (DEVICES_DIR / "lt-never").exists()
