@@ -52,7 +52,7 @@ OTHER_UDEV_KEYS = {
     "WAIT_FOR",
 }
 TOKEN_RE = re.compile(
-    r"""(?P<key>[A-Z_]+)(?:\{(?P<attr>[^}]*)\})?\s*(?P<op>==|!=|\+=|-=|:=|=)\s*"(?P<value>(?:[^"\\]|\\.)*)"\s*"""
+    r'(?P<key>[A-Z_]+)(?:\{(?P<attr>[^}]*)\})?\s*(?P<op>==|!=|\+=|-=|:=|=)\s*"(?P<value>(?:[^"\\]|\\.)*)"'
 )
 SEPARATOR_RE = re.compile(r"[\s,]*")
 UDEV_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -158,6 +158,7 @@ def _parse_line(line: str, where: str) -> Rule:
         pos = match.end()
         sep = SEPARATOR_RE.match(line, pos)
         assert sep is not None
+        # udev separates keys with commas and/or whitespace; two keys glued together are an error.
         if sep.end() == pos and pos < len(line):
             raise UdevRuleError(f"{where}: missing ',' between keys near {line[pos : pos + 30]!r}")
         pos = sep.end()
