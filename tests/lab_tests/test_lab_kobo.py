@@ -1,4 +1,4 @@
-"""The kobo profile: armv7l busybox through qemu-user, telnet login, udev boot/Wi-Fi hooks, reboot keeps /mnt/onboard."""
+"""The kobo profile: armv7l busybox via qemu-user, telnet login, udev boot and Wi-Fi hooks, reboot keeps onboard."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def test_wifi_fires_wlan_add_and_remove(kobo: Device) -> None:
 
 def test_malformed_rule_is_an_error(kobo: Device) -> None:
     bad = "/etc/udev/rules.d/99-lt-bad.rules"
-    lab.exec_(NAME, ["sh", "-c", f"echo 'KERNEL==\"wlan*\" RUN+=\"/bin/true' > {bad}"])
+    lab.exec_(NAME, ["sh", "-c", f'echo \'KERNEL=="wlan*" RUN+="/bin/true\' > {bad}'])
     try:
         with pytest.raises(UdevRuleError, match=r"99-lt-bad.rules:1: invalid rule syntax"):
             lab.wifi(NAME, "up")
