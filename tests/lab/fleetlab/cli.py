@@ -80,6 +80,7 @@ def _exec(name: str, cmd: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    lab.require_root()
     if args.command == "prepare":
         lab.prepare()
     elif args.command == "up":
@@ -103,7 +104,6 @@ def run(args: argparse.Namespace) -> int:
             state = "running" if device.profile == "systemd" or boot.alive(device) else "stopped"
             print(f"{_describe(device)}\t{state}")
     elif args.command == "exec":
-        lab.require_root()
         return _exec(args.name, args.cmd)
     elif args.command == "reboot":
         print(_describe(lab.reboot(args.name)))
@@ -112,7 +112,6 @@ def run(args: argparse.Namespace) -> int:
             status = "timed out (killed)" if result.returncode is None else f"exit {result.returncode}"
             print(f"RUN {result.command}: {status}")
     elif args.command == "inventory":
-        lab.require_root()
         sys.stdout.write(inventory.render(lab.list_devices()))
     elif args.command == "mirror":
         lab.mirror(args.action)

@@ -34,7 +34,7 @@ PROCS_SUBDIR = "procs"
 
 def require_root() -> None:
     if os.geteuid() != 0:
-        raise LabError("fleetlab needs root (namespaces, mounts, veths): run it with sudo")
+        raise LabError("must run as root (it creates namespaces, mounts and veths): use sudo")
 
 
 def _optional_module(name: str, what: str) -> ModuleType:
