@@ -168,6 +168,7 @@ def up(
             services={"telnet": TELNET_PORT} if prof.telnet else {"adb": ADB_PORT},
         )
         device.save()  # reserves name and address for concurrent `up`s
+        netns.ensure_bridge()
     try:
         netns.create_device_net(device.netns, device.veth_host, device.address)
         rootfs.mount_device_root(device, prof, lower)

@@ -122,8 +122,12 @@ def template(profile: Profile) -> Path:
     try:
         _populate(profile, debs, work)
         work.chmod(0o755)
-        # Atomic publish: a running device's overlay never sees a half-built template.
-        work.rename(final)
+        # Atomic publish: a running device's overlay never sees a half-built template. A concurrent `up` may have
+        # published the same template first: then ours is dropped (the finally clause removes it).
+        with contextlib.suppress(OSError):
+            work.rename(final)
+        if not final.is_dir():
+            raise LabError(f"could not publish template {final}")
     finally:
         if work.exists():
             shutil.rmtree(work)
