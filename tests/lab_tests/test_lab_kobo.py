@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -110,3 +111,71 @@ def test_malformed_rule_is_an_error(kobo: Device) -> None:
     finally:
         lab.exec_(NAME, ["rm", "-f", bad])
     assert [r.returncode for r in lab.wifi(NAME, "up")] == [0]
+
+
+# The blog's hooks verbatim (seeds/000), with a stand-in tailscaled that only loops.
+BLOG = r"""
+mkdir -p /usr/local/dstaley
+cat > /etc/udev/rules.d/98-tailscale.rules <<'EOF'
+KERNEL=="loop0", RUN+="/usr/local/dstaley/boot.sh"
+KERNEL=="wlan*", ACTION=="add", RUN+="/usr/local/dstaley/on-wlan-up.sh"
+KERNEL=="wlan*", ACTION=="remove", RUN+="/usr/local/dstaley/on-wlan-down.sh"
+EOF
+cat > /usr/local/dstaley/boot.sh <<'EOF'
+#!/bin/sh
+
+# Start by renicing ourselves to a neutral value, to avoid any mishap...
+renice 0 -p $$
+
+# Launch in the background, with a clean env, after a setsid call to make very very sure udev won't kill us ;).
+env -i -- setsid /usr/local/dstaley/on-boot.sh &
+
+# Done :)
+exit 0
+EOF
+cat > /usr/local/dstaley/on-boot.sh <<'EOF'
+#!/bin/sh
+
+# make absolutely sure that iptables is in the PATH
+export PATH=/usr/sbin:/usr/bin:$PATH
+
+# make sure /mnt/onboard is mounted
+timeout 5 sh -c "while ! grep /mnt/onboard /proc/mounts; do sleep 0.1; done"
+if [[ $? -eq 143 ]]; then
+    exit 1
+fi
+
+case "$(pidof tailscaled | wc -w)" in
+0) tailscaled --state=/tailscaled.state &> /tailscaled.log &
+   ;;
+esac
+
+exit 0
+EOF
+printf '#!/bin/sh\necho "stand-in tailscaled $*"\nwhile :; do sleep 1; done\n' > /mnt/onboard/tailscaled
+chmod +x /usr/local/dstaley/boot.sh /usr/local/dstaley/on-boot.sh /mnt/onboard/tailscaled
+ln -sf /mnt/onboard/tailscaled /usr/bin/tailscaled
+"""
+
+
+def _tailscaled_count(name: str, want: int) -> int:
+    for _ in range(100):
+        count = int(lab.exec_(name, ["sh", "-c", "pidof tailscaled | wc -w"]).stdout)
+        if count == want:
+            break
+        time.sleep(0.1)
+    return count
+
+
+def test_blog_boot_hooks_start_tailscaled_once_per_boot() -> None:
+    name = "lt-kblog"
+    lab.down(name)
+    lab.up(name, "kobo")
+    try:
+        assert lab.exec_(name, ["sh", "-c", BLOG]).returncode == 0
+        for _ in range(2):
+            lab.reboot(name)
+            assert _tailscaled_count(name, 1) == 1
+        assert lab.exec_(name, ["cat", "/tailscaled.log"]).stdout == "stand-in tailscaled --state=/tailscaled.state\n"
+    finally:
+        lab.down(name)
