@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     wf.add_argument("name")
     wf.add_argument("state", choices=["up", "down"])
     sub.add_parser("inventory", help="YAML Ansible inventory of the running devices")
+    sh = sub.add_parser("shape", help="put the link shaper in front of a device's door (or --off)")
+    sh.add_argument("name")
+    sh.add_argument("--latency-ms", type=int, default=0, help="one-way delay each direction")
+    sh.add_argument("--rate-kbit", type=int, default=0, help="bandwidth cap per direction (0: none)")
+    sh.add_argument("--cut-after-bytes", type=int, default=0, help="abort each connection after N bytes (0: never)")
+    sh.add_argument("--off", action="store_true", help="remove the shaper")
     mi = sub.add_parser("mirror", help="start/stop the release mirror on 198.18.0.1:8080")
     mi.add_argument("action", choices=["start", "stop"])
     return p
@@ -113,6 +119,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"RUN {result.command}: {status}")
     elif args.command == "inventory":
         sys.stdout.write(inventory.render(lab.list_devices()))
+    elif args.command == "shape":
+        if args.off:
+            lab.unshape(args.name)
+        else:
+            listen = lab.shape(
+                args.name, latency_ms=args.latency_ms, rate_kbit=args.rate_kbit, cut_after_bytes=args.cut_after_bytes
+            )
+            print(f"{args.name}: shaped door at {listen} (fleetlab inventory points there)")
     elif args.command == "mirror":
         lab.mirror(args.action)
     return 0

@@ -31,17 +31,28 @@ def lab_auth_key() -> str:
     return key
 
 
+def _door(device: Device, service: str, default: int) -> tuple[str, int]:
+    """Where the controller connects: the device itself, or the link shaper in front of it (`fleetlab shape`)."""
+    shaper = device.extra.get("shaper")
+    if shaper:
+        host, _, port = shaper["listen"].rpartition(":")
+        return host, int(port)
+    return device.address, device.services.get(service, default)
+
+
 def host_vars(device: Device) -> dict[str, Any]:
     if device.profile in ("kobo", "sysvinit"):
+        host, port = _door(device, "telnet", 23)
         return {
             "ansible_connection": "fleetmesh.tailscale.telnet",
-            "ansible_host": device.address,
-            "ansible_port": device.services.get("telnet", 23),
+            "ansible_host": host,
+            "ansible_port": port,
             "ansible_user": "root",
             "ansible_password": device.password,
         }
     if device.profile == "quecopen":
-        serial = f"{device.address}:{device.services.get('adb', 5555)}"
+        host, port = _door(device, "adb", 5555)
+        serial = f"{host}:{port}"
         hv: dict[str, Any] = {
             "ansible_connection": "fleetmesh.tailscale.adb",
             "fleetmesh_adb_serial": serial,

@@ -23,7 +23,18 @@ from types import ModuleType
 
 from fleetlab import boot, devices, netns, rootfs, udev
 from fleetlab.devices import Profile
-from fleetlab.state import DEVICES_DIR, RUN_DIR, Device, LabError, ProcRef, check_name, device_names, free_index, locked
+from fleetlab.state import (
+    DEVICES_DIR,
+    GATEWAY,
+    RUN_DIR,
+    Device,
+    LabError,
+    ProcRef,
+    check_name,
+    device_names,
+    free_index,
+    locked,
+)
 
 ADB_PORT = 5555
 TELNET_PORT = 23
@@ -327,6 +338,71 @@ def reboot(name: str) -> Device:
     _boot(device, prof)
     device.save()
     return device
+
+
+SHAPER_BASE_PORT = 20000
+
+
+def shaper_port(device: Device) -> int:
+    """Host port of the device's shaped door: 20000 + the device's address index (unique per device)."""
+    return SHAPER_BASE_PORT + device.index
+
+
+def shape(name: str, *, latency_ms: int = 0, rate_kbit: int = 0, cut_after_bytes: int = 0) -> str:
+    """Put the link shaper (fleetlab/shaper.py) in front of the device's door; returns the shaped ADDR:PORT.
+
+    The shaper listens on the bridge address (198.18.0.1:20000+N) and forwards to the device's telnet/adb port;
+    `fleetlab inventory` then points the connection at it. Replaces a shaper already there.
+    """
+    require_root()
+    device = get(name)
+    _optional_module("shaper", "the link shaper")
+    unshape(name)
+    door = device.services.get("telnet") or device.services.get("adb") or device.services.get("ssh")
+    listen = f"{GATEWAY}:{shaper_port(device)}"
+    cmd = [sys.executable, "-m", "fleetlab.shaper", "--listen", listen, "--to", f"{device.address}:{door}"]
+    cmd += ["--latency-ms", str(latency_ms), "--rate-kbit", str(rate_kbit), "--cut-after-bytes", str(cut_after_bytes)]
+    cmd += ["--stats-file", str(device.dir / "shaper-stats.json")]
+    with open(device.dir / "shaper.log", "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    ref = ProcRef.of(proc.pid)
+    procs = device.dir / PROCS_SUBDIR
+    procs.mkdir(exist_ok=True)
+    (procs / "shaper.json").write_text(json.dumps({"pid": ref.pid, "starttime": ref.starttime}) + "\n")
+    device.extra["shaper"] = {
+        "listen": listen,
+        "latency_ms": latency_ms,
+        "rate_kbit": rate_kbit,
+        "cut_after_bytes": cut_after_bytes,
+    }
+    device.save()
+    try:
+        boot.wait_tcp(str(GATEWAY), shaper_port(device), timeout=10)
+    except LabError:
+        unshape(name)
+        raise LabError(f"the shaper did not start: see {device.dir / 'shaper.log'}") from None
+    return listen
+
+
+def unshape(name: str) -> None:
+    """Remove the device's shaper (by recorded pid). Idempotent."""
+    require_root()
+    device = get(name)
+    path = device.dir / PROCS_SUBDIR / "shaper.json"
+    if path.exists():
+        ref = ProcRef(**json.loads(path.read_text()))
+        if ref.alive():
+            os.kill(ref.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while ref.alive() and time.monotonic() < deadline:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(ref.pid, os.WNOHANG)
+                time.sleep(0.02)
+            if ref.alive():
+                os.kill(ref.pid, signal.SIGKILL)
+        path.unlink()
+    if device.extra.pop("shaper", None) is not None:
+        device.save()
 
 
 def mirror(action: str) -> None:
