@@ -1,7 +1,9 @@
-"""`fleetlab down --all` leaves no namespace, veth, mount, file or process of the lab behind."""
+"""`fleetlab down --all` leaves no namespace, veth, mount, file or process (devices, mirror) of the lab behind."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fleetlab import lab, netns
-from fleetlab.state import BRIDGE, DEVICES_DIR, device_names
+from fleetlab.state import BRIDGE, DEVICES_DIR, RUN_DIR, device_names
 
 pytestmark = [
     pytest.mark.lab,
@@ -26,6 +28,12 @@ def test_down_all_removes_everything() -> None:
     foreign = [n for n in device_names() if not n.startswith("lt-")]
     if foreign:
         pytest.skip(f"other lab devices are running ({', '.join(foreign)}): down --all would destroy them")
+    if (RUN_DIR / "mirror.json").exists():
+        pytest.skip("a lab mirror is running for someone else: down --all would stop it")
+    mirror_pids = []
+    if importlib.util.find_spec("fleetlab.mirror") is not None:
+        lab.mirror("start")
+        mirror_pids.append(json.loads((RUN_DIR / "mirror.json").read_text())["pid"])
     a = lab.up("lt-td1", "sysvinit")
     b = lab.up("lt-td2", "sysvinit")
     # A process started inside the device (not by init) must die too.
@@ -34,7 +42,7 @@ def test_down_all_removes_everything() -> None:
         if "sleep 1000" in lab.exec_("lt-td2", ["ps"]).stdout:
             break
     assert "sleep 1000" in lab.exec_("lt-td2", ["ps"]).stdout
-    pids = [ref.pid for d in (a, b) for ref in (d.init, d.launcher) if ref is not None]
+    pids = [ref.pid for d in (a, b) for ref in (d.init, d.launcher) if ref is not None] + mirror_pids
     assert all(Path(f"/proc/{p}").exists() for p in pids)
     assert _lab_mounts() and netns.lab_netns() and BRIDGE in netns.lab_links()
 
