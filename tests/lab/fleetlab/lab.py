@@ -48,6 +48,14 @@ def require_root() -> None:
         raise LabError("must run as root (it creates namespaces, mounts and veths): use sudo")
 
 
+# Contract with fleetlab/systemd_device.py (the systemd profile, another helper's file): the lab delegates whole
+# operations to it: up(name) -> Device, down(name) (idempotent), reboot(name) -> Device,
+# exec_(name, argv, input=..., timeout=...) -> CompletedProcess[str], and optionally prepare(). It records the device
+# with state.Device(profile="systemd", index=state.free_index() taken under state.locked(), services={"ssh": 22},
+# extra={"ansible_ssh_private_key_file": ..., ...}).save() and uses the netns/veth helpers of netns.py, so `list`,
+# `inventory` and `down --all` see it like any other device.
+
+
 def _optional_module(name: str, what: str) -> ModuleType:
     """A lab part another helper owns; a clear error while it does not exist yet."""
     if importlib.util.find_spec(f"fleetlab.{name}") is None:
@@ -68,6 +76,13 @@ def prepare(profiles: list[str] | None = None) -> None:
         print(f"template {name}: {path}")
     for arch in bundles.ARCHES:
         print(f"iptables bundle {arch}: {bundles.ensure_bundle(arch)}")
+    if importlib.util.find_spec("fleetlab.systemd_device") is not None:
+        systemd_device = importlib.import_module("fleetlab.systemd_device")
+        if hasattr(systemd_device, "prepare"):
+            systemd_device.prepare()
+            print("systemd profile: prepared")
+    else:
+        print("systemd profile: skipped (fleetlab/systemd_device.py does not exist yet)")
 
 
 # --------------------------------------------------------------------------------------------------------------- up
