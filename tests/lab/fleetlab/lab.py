@@ -282,6 +282,7 @@ def down_all() -> None:
             subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)
     _unmount_under(RUN_DIR)
     netns.remove_bridge()
+    (RUN_DIR / "authkey").unlink(missing_ok=True)  # the inventory's stand-in key lives as long as the lab
 
 
 # --------------------------------------------------------------------------------------------------- exec and events
