@@ -5,7 +5,7 @@ What it simulates: the keys the Kobo hooks use (KERNEL, ACTION, SUBSYSTEM with =
 program returns, its process group is killed, so only children that escaped with setsid survive.
 What it refuses: everything else. A syntax error or a key the lab does not simulate raises UdevRuleError naming the
 file and line, so a bad rule fails the test instead of being skipped in silence (real udev only logs it).
-Debian 12's udev (systemd 252) has no `udevadm verify` (added in systemd 253), so there is no second opinion here.
+Debian 12's udev (systemd 252) has no `udevadm verify` (introduced March 2023, systemd 254): no second opinion here.
 """
 
 from __future__ import annotations
