@@ -172,6 +172,18 @@ ts_parse_flags() {
 			ts_flag_usage "$_prog" "$_spec"
 			exit 2
 		fi
+		# noDupFlagify: the real CLI refuses a flag given twice.
+		case "$FSET" in
+		*" $_n "*)
+			if [ "$_t" = b ]; then
+				ts_err "invalid boolean flag $_n: flag provided multiple times"
+			else
+				ts_err "invalid value \"$_v\" for flag -$_n: flag provided multiple times"
+			fi
+			ts_flag_usage "$_prog" "$_spec"
+			exit 2
+			;;
+		esac
 		_var=$(printf '%s' "$_n" | tr '-' '_')
 		eval "F_$_var=\$_v"
 		case "$FSET" in *" $_n "*) ;; *) FSET="$FSET$_n " ;; esac
@@ -206,6 +218,8 @@ ts_duration_ms() {
 ts_check_routes() {
 	printf '%s\n' "$1" | tr ',' '\n' | awk '
 	function fail(msg) { print msg > "/dev/stderr"; bad = 1; exit 1 }
+	# busybox awk may lack libm (no "^" operator): powers of two by multiplication.
+	function pow2(n,    r) { r = 1; while (n-- > 0) r *= 2; return r }
 	function v4(addr, bits,    o, n, i, x, hostbits, b) {
 		n = split(addr, o, ".")
 		if (n != 4) return 0
@@ -213,7 +227,7 @@ ts_check_routes() {
 		if (bits !~ /^[0-9]+$/ || bits + 0 > 32) return 0
 		x = ((o[1] * 256 + o[2]) * 256 + o[3]) * 256 + o[4]
 		hostbits = 32 - bits
-		b = 2 ^ hostbits
+		b = pow2(hostbits)
 		MASKED = x - (x % b)
 		MASKEDSTR = int(MASKED / 16777216) "." int(MASKED / 65536) % 256 "." int(MASKED / 256) % 256 "." MASKED % 256
 		return 1
@@ -239,7 +253,7 @@ ts_check_routes() {
 			for (d = 1; d <= length(hex); d++) val = val * 16 + index("0123456789abcdef", substr(hex, d, 1)) - 1
 			for (k = 0; k < 16; k++) {
 				bitpos = (i - 1) * 16 + k
-				if (bitpos >= bits + 0 && int(val / 2 ^ (15 - k)) % 2 == 1) HOSTSET = 1
+				if (bitpos >= bits + 0 && int(val / pow2(15 - k)) % 2 == 1) HOSTSET = 1
 			}
 		}
 		return 1

@@ -432,6 +432,7 @@ ts_cmd_up() {
 		for _a in "$@"; do _q="$_q${_q:+ }\"$_a\""; done
 		ts_fatalf "too many non-flag arguments: [$_q]"
 	fi
+	TS_TIMEOUT_MS=$(ts_duration_ms "$F_timeout")
 	ts_connect
 	_st=$(ts_backend_state)
 
@@ -482,7 +483,7 @@ ts_cmd_up() {
 				# A bare "tailscale up" only brings the network back up.
 				S_WantRunning=true
 				ts_save
-				ts_wait_running 0 "$F_timeout"
+				ts_wait_running 0 "$TS_TIMEOUT_MS"
 				return 0
 			fi
 			_missing=
@@ -561,7 +562,7 @@ ts_cmd_up() {
 		ts_apply_new_prefs all
 		rm -f "$TS_AUTHURL_FILE"
 		ts_save
-		ts_wait_running 0 "$F_timeout"
+		ts_wait_running 0 "$TS_TIMEOUT_MS"
 		return 0
 	fi
 	# Start(UpdatePrefs) without a usable key: prefs apply, then interactive login if needed.
@@ -576,11 +577,11 @@ ts_cmd_up() {
 		else
 			printf '\nTo authenticate, visit:\n\n\t%s\n\n' "$_url" >&2
 		fi
-		ts_wait_running 1 "$F_timeout"
+		ts_wait_running 1 "$TS_TIMEOUT_MS"
 		return 0
 	fi
 	ts_save
-	ts_wait_running 0 "$F_timeout"
+	ts_wait_running 0 "$TS_TIMEOUT_MS"
 }
 
 # --- set ----------------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ if [ "${1:-}" = be-child ]; then
 	esac
 fi
 
+TSD_ARGS="$*"
 TSD_SPEC='verbose=s cleanup=b debug=s socks5-server=s outbound-http-proxy-listen=s tun=s port=s state=s statedir=s socket=s bird-socket=s version=b no-logs-no-support=b config=s'
 F_tun=tailscale0
 F_socket=$TS_DEFAULT_SOCKET
@@ -104,7 +105,7 @@ else
 	ts_log "logpolicy: cannot write logs to $TS_LOGS; logging to stderr only"
 fi
 ts_log "logtail started"
-ts_log "Program starting: v$(ts_long_version), Go none: [$0 $*] ($TS_STANDIN_LABEL)"
+ts_log "Program starting: v$(ts_long_version), Go none: [$0 $TSD_ARGS] ($TS_STANDIN_LABEL)"
 ts_log "LogID: $(ts_sha256 "$TS_LOGS" | cut -c1-64)"
 
 if [ "$F_cleanup" = true ]; then
@@ -299,8 +300,9 @@ ts_try_engine() {
 		TS_ENGINE_ERR='exec: "iptables": executable file not found in $PATH'
 		return 1
 	fi
-	if ! _ipt_out=$(iptables --version 2>&1); then
-		_rc=$?
+	_rc=0
+	_ipt_out=$(iptables --version 2>&1) || _rc=$?
+	if [ "$_rc" != 0 ]; then
 		TS_ENGINE_ERR="creating router: running [iptables --version]: exit status $_rc: $_ipt_out"
 		return 1
 	fi
