@@ -232,7 +232,8 @@ def stop() -> None:
 
     from fleetlab.state import ProcRef
 
-    _root, pidfile, _stats, _log = _lab_paths()
+    _root, pidfile, stats_file, _log = _lab_paths()
+    stats_file.unlink(missing_ok=True)
     if not pidfile.exists():
         return
     ref = ProcRef(**json.loads(pidfile.read_text()))
