@@ -502,3 +502,26 @@ def test_listed_key_hashes_restrict_accepted_keys(box: Box) -> None:
     assert res.returncode == 1
     assert "invalid key" in res.stderr
     assert box.ts("up", f"--auth-key={box.keyfile()}", "--timeout=2s").returncode == 0
+
+
+def test_cleanup_exits_zero_without_starting(box: Box) -> None:
+    res = box.run("tailscaled", "--cleanup", f"--socket={box.socket}")
+    assert res.returncode == 0, res.stderr
+    assert not box.socket.exists()
+
+
+def test_login_with_key_and_version_daemon(box: Box) -> None:
+    box.start("--tun=userspace-networking")
+    res = box.ts("login", f"--auth-key={box.keyfile()}", "--hostname=delta", "--timeout=5s")
+    assert res.returncode == 0, res.stderr
+    assert box.status()["Self"]["HostName"] == "delta"
+    assert "Daemon: 1.80.3" in box.ts("version", "--daemon").stdout
+
+
+def test_unknown_tailscaled_flag_and_non_flag_args(box: Box) -> None:
+    res = box.run("tailscaled", "--no-such-flag")
+    assert res.returncode == 2
+    assert "flag provided but not defined: -no-such-flag" in res.stderr
+    res = box.run("tailscaled", "extra", f"--socket={box.socket}")
+    assert res.returncode == 1
+    assert "tailscaled does not take non-flag arguments" in res.stderr

@@ -413,7 +413,7 @@ if [ -n "$TS_CONF_AUTHKEY" ] && [ "$S_loggedin" != true ]; then
 fi
 
 while :; do
-	sleep 1 &
+	sleep 1 </dev/null >/dev/null 2>&1 &
 	wait $! || :
 	# The state file may have been removed from under us (e.g. a test wiping the device); keep running.
 done
