@@ -525,3 +525,21 @@ def test_unknown_tailscaled_flag_and_non_flag_args(box: Box) -> None:
     res = box.run("tailscaled", "extra", f"--socket={box.socket}")
     assert res.returncode == 1
     assert "tailscaled does not take non-flag arguments" in res.stderr
+
+
+def test_advertising_routes_warns_when_forwarding_is_off_in_kernel_mode_only(box: Box) -> None:
+    shim = box.bin / "iptables"
+    shim.write_text("#!/bin/sh\necho 'iptables v1.8.9 (legacy)'\n")
+    shim.chmod(0o755)
+    box.start()
+    res = box.ts("up", f"--auth-key={box.keyfile()}", "--advertise-routes=192.168.225.0/24", "--timeout=5s")
+    assert res.returncode == 0, res.stderr
+    # The host's own sysctl decides (this test only reads it): the warning appears exactly when it is off.
+    forwarding_on = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+    warned = "Warning: IP forwarding is disabled, subnet routing/exit nodes will not work." in res.stdout
+    assert warned != forwarding_on
+    box.stop(box.daemons[-1])
+    box.start("--tun=userspace-networking")
+    res = box.ts("set", "--advertise-routes=10.9.0.0/16")
+    assert res.returncode == 0, res.stderr
+    assert "forwarding" not in res.stdout, "userspace mode forwards in netstack: no warning"

@@ -254,6 +254,26 @@ ts_cmd_debug() {
 	esac
 }
 
+# warnOnAdvertiseRoutes / netutil.CheckIPForwarding: a warning on stdout, never an error. Skipped in userspace
+# mode, where netstack forwards (as the real LocalAPI does).
+ts_warn_forwarding() {
+	[ -n "$1" ] || return 0
+	[ "$TS_TUN" = userspace-networking ] && return 0
+	_want4=false
+	_want6=false
+	case ",$1," in *.*/*) _want4=true ;; esac
+	case ",$1," in *:*/*) _want6=true ;; esac
+	_v4=$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null)
+	_v6=$(cat /proc/sys/net/ipv6/conf/all/forwarding 2>/dev/null)
+	_kb='See https://tailscale.com/s/ip-forwarding'
+	[ "$_v4" = 1 ] && [ "$_v6" = 1 ] && return 0
+	if [ "$_want4" = true ] && [ "$_v4" != 1 ]; then
+		printf 'Warning: IP forwarding is disabled, subnet routing/exit nodes will not work.\n%s\n' "$_kb"
+	elif [ "$_want6" = true ] && [ "$_v6" != 1 ]; then
+		printf 'Warning: IPv6 forwarding is disabled, subnet routing/exit nodes may not work.\n%s\n' "$_kb"
+	fi
+}
+
 # --- up / login ---------------------------------------------------------------------------------------------
 UP_SPEC='qr=b qr-format=s auth-key=s audience=s client-id=s client-secret=s id-token=s login-server=s accept-routes=b accept-dns=b host-routes=b exit-node=s exit-node-allow-lan-access=b shields-up=b ssh=b advertise-tags=s hostname=s advertise-routes=s advertise-connector=b advertise-exit-node=b report-posture=b operator=s snat-subnet-routes=b stateful-filtering=b netfilter-mode=s timeout=d json=b reset=b force-reauth=b accept-risk=s'
 LOGIN_SPEC='qr=b qr-format=s auth-key=s audience=s client-id=s client-secret=s id-token=s login-server=s accept-routes=b accept-dns=b host-routes=b exit-node=s exit-node-allow-lan-access=b shields-up=b ssh=b advertise-tags=s hostname=s advertise-routes=s advertise-connector=b advertise-exit-node=b report-posture=b operator=s snat-subnet-routes=b stateful-filtering=b netfilter-mode=s timeout=d nickname=s'
@@ -469,6 +489,7 @@ ts_cmd_up() {
 	if ! ts_netfilter_from_flag "$F_netfilter_mode"; then
 		ts_fatalf "invalid value --netfilter-mode=\"$F_netfilter_mode\""
 	fi
+	ts_warn_forwarding "$_routes"
 
 	# updatePrefs
 	if [ "$F_reset" != true ]; then
@@ -631,6 +652,7 @@ ts_cmd_set() {
 			_base=$_r
 		fi
 		S_AdvertiseRoutes=$_base
+		ts_warn_forwarding "$_base"
 	fi
 	ts_flag_set accept-routes && S_RouteAll=$F_accept_routes
 	ts_flag_set accept-dns && S_CorpDNS=$F_accept_dns
