@@ -522,6 +522,10 @@ def test_unknown_tailscaled_flag_and_non_flag_args(box: Box) -> None:
     res = box.run("tailscaled", "--no-such-flag")
     assert res.returncode == 2
     assert "flag provided but not defined: -no-such-flag" in res.stderr
+    # --netfilter-mode is a `tailscale up/set` pref, not a tailscaled flag.
+    res = box.run("tailscaled", "--netfilter-mode=off")
+    assert res.returncode == 2
+    assert "flag provided but not defined: -netfilter-mode" in res.stderr
     res = box.run("tailscaled", "extra", f"--socket={box.socket}")
     assert res.returncode == 1
     assert "tailscaled does not take non-flag arguments" in res.stderr
@@ -543,3 +547,33 @@ def test_advertising_routes_warns_when_forwarding_is_off_in_kernel_mode_only(box
     res = box.ts("set", "--advertise-routes=10.9.0.0/16")
     assert res.returncode == 0, res.stderr
     assert "forwarding" not in res.stdout, "userspace mode forwards in netstack: no warning"
+
+
+def test_daemon_looks_like_tailscaled_to_pidof_and_notifies_systemd(box: Box) -> None:
+    # Started directly (shebang), as init scripts do: comm is "tailscaled", so `pidof` and
+    # `start-stop-daemon -K -n tailscaled` (the QuecOpen seed) find it.
+    notify_log = box.root / "notify.log"
+    fake = box.bin / "systemd-notify"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {notify_log}\n')
+    fake.chmod(0o755)
+    proc = subprocess.Popen(
+        [
+            str(box.bin / "tailscaled"),
+            "--tun=userspace-networking",
+            f"--statedir={box.statedir}",
+            f"--socket={box.socket}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**box.env, "NOTIFY_SOCKET": "/run/fake"},
+        start_new_session=True,
+    )
+    box.daemons.append(proc)
+    deadline = time.monotonic() + 10
+    while not (box.socket.exists() and "state=" in box.socket.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    assert Path(f"/proc/{proc.pid}/comm").read_text().strip() == "tailscaled"
+    pids = subprocess.run([BUSYBOX or "busybox", "pidof", "tailscaled"], capture_output=True, text=True, check=False)
+    assert str(proc.pid) in pids.stdout.split()
+    assert f"--ready --pid={proc.pid}" in notify_log.read_text()

@@ -400,6 +400,11 @@ fi
 	printf 'logs=%s\n' "$TS_LOGS"
 } >"$F_socket.tmp.$$" && mv -f "$F_socket.tmp.$$" "$F_socket"
 ts_log "got LocalBackend in 1ms"
+# The release's unit is Type=notify: tell systemd we are up, as tailscaled does through sd_notify. As root,
+# systemd-notify --pid sends with our pid as the sender, so NotifyAccess=main accepts it.
+if [ -n "${NOTIFY_SOCKET:-}" ] && command -v systemd-notify >/dev/null 2>&1; then
+	systemd-notify --ready --pid="$$" --status="$TS_STANDIN_LABEL" || ts_log "systemd-notify failed"
+fi
 ts_log "Start: using state $TS_STATE_FILE, tun $TS_TUN_MODE"
 
 # A config file with an auth key logs in when the node needs it (the CLI does the same work for `up`).
