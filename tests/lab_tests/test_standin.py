@@ -577,3 +577,30 @@ def test_daemon_looks_like_tailscaled_to_pidof_and_notifies_systemd(box: Box) ->
     pids = subprocess.run([BUSYBOX or "busybox", "pidof", "tailscaled"], capture_output=True, text=True, check=False)
     assert str(proc.pid) in pids.stdout.split()
     assert f"--ready --pid={proc.pid}" in notify_log.read_text()
+
+
+def test_relative_state_path_like_the_kobo_blog(box: Box) -> None:
+    # The blog runs `tailscaled --state=tailscaled.state` from a shell's cwd.
+    work = box.root / "cwd"
+    work.mkdir()
+    proc = subprocess.Popen(
+        [
+            *shell_argv(box.shell),
+            str(box.bin / "tailscaled"),
+            "--tun=userspace-networking",
+            "--state=tailscaled.state",
+            f"--socket={box.socket}",
+        ],
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=box.env,
+        start_new_session=True,
+    )
+    box.daemons.append(proc)
+    deadline = time.monotonic() + 10
+    while not (box.socket.exists() and "state=" in box.socket.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    assert (work / "tailscaled.state").is_file()
+    assert box.status()["BackendState"] == "NeedsLogin"

@@ -411,6 +411,14 @@ ts_ip6() {
 		"$(printf '%s' "$_h" | cut -c5-8 | sed 's/^0*//;s/^$/0/')"
 }
 
+# dirname without forking: "/x" -> "/", "x" -> ".", "/a/b" -> "/a".
+ts_dirname() {
+	case "$1" in
+	*/*) _d=${1%/*}; printf '%s' "${_d:-/}" ;;
+	*) printf '.' ;;
+	esac
+}
+
 ts_os_hostname() {
 	if [ -r /proc/sys/kernel/hostname ]; then cat /proc/sys/kernel/hostname; else hostname 2>/dev/null || uname -n; fi
 }

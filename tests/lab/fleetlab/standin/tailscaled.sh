@@ -195,8 +195,8 @@ if ts_daemon_alive "$F_socket"; then
 	ts_log "safesocket.Listen: unix $F_socket: address already in use"
 	exit 1
 fi
-if ! mkdir -p "${F_socket%/*}" 2>/dev/null; then
-	ts_log "safesocket.Listen: mkdir ${F_socket%/*}: permission denied"
+if ! mkdir -p "$(ts_dirname "$F_socket")" 2>/dev/null; then
+	ts_log "safesocket.Listen: mkdir $(ts_dirname "$F_socket"): permission denied"
 	exit 1
 fi
 
@@ -342,7 +342,7 @@ mem:*)
 '') TS_STATE_FILE="$F_statedir/tailscaled.state" ;;
 *) TS_STATE_FILE=$F_state ;;
 esac
-if ! _mk=$(mkdir -p "${TS_STATE_FILE%/*}" 2>&1); then
+if ! _mk=$(mkdir -p "$(ts_dirname "$TS_STATE_FILE")" 2>&1); then
 	ts_fatal "getLocalBackend error: store.New: creating state directory: $_mk"
 fi
 ts_state_load "$TS_STATE_FILE"
