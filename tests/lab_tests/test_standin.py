@@ -604,3 +604,14 @@ def test_relative_state_path_like_the_kobo_blog(box: Box) -> None:
         time.sleep(0.05)
     assert (work / "tailscaled.state").is_file()
     assert box.status()["BackendState"] == "NeedsLogin"
+
+
+def test_upgraded_cli_warns_about_an_older_running_daemon(running: Box) -> None:
+    newer = running.bin / "tailscale"
+    newer.write_text(release.script("tailscale", "1.82.0", HOST_ARCH))
+    res = running.ts("status", "--json")
+    assert res.returncode == 0
+    assert res.stderr.startswith('Warning: client version "1.82.0-t')
+    assert 'tailscaled server version "1.80.3-t' in res.stderr
+    assert json.loads(res.stdout)["BackendState"] == "Running", "state written by 1.80.3 reads fine in 1.82.0"
+    assert "Daemon: 1.80.3" in running.ts("version", "--daemon").stdout

@@ -34,6 +34,15 @@ ts_connect() {
 		sleep 0.2 2>/dev/null || sleep 1
 	done
 	TS_TUN=$(sed -n 's/^tun=//p' "$TS_SOCKET")
+	# local.SetVersionMismatchHandler: an upgraded CLI talking to a daemon not yet restarted says so.
+	_dv=$(sed -n 's/^version=//p' "$TS_SOCKET")
+	if [ -n "$_dv" ] && [ "$_dv" != "$TS_STANDIN_VERSION" ]; then
+		_sv=$TS_STANDIN_VERSION
+		TS_STANDIN_VERSION=$_dv
+		_dlong=$(ts_long_version)
+		TS_STANDIN_VERSION=$_sv
+		ts_err "Warning: client version \"$(ts_long_version)\" != tailscaled server version \"$_dlong\""
+	fi
 	TS_AUTHURL_FILE="$TS_SOCKET.authurl"
 	ts_load
 }
