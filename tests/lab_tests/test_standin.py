@@ -447,6 +447,8 @@ def test_invalid_routes_tags_and_hostname_are_refused_before_any_change(running:
     cases = [
         (["--advertise-routes=192.168.1.1/24", *keep], "has non-address bits set; expected 192.168.1.0/24"),
         (["--advertise-routes=10.0.0.0/33", *keep], "is not a valid IP address or CIDR prefix"),
+        (["--advertise-routes=10.1.2.3", *keep], "is not a valid IP address or CIDR prefix"),
+        (["--advertise-routes=fd00::1/64", *keep], "has non-address bits set; expected fd00::/64"),
         (["--advertise-routes=0.0.0.0/0", *keep], "advertised without its IPv6 counterpart"),
         (["--advertise-tags=server", *keep], "tags must start with 'tag:'"),
         (["--hostname=-bad", "--accept-dns=false"], "is not a valid DNS label"),
@@ -615,3 +617,17 @@ def test_upgraded_cli_warns_about_an_older_running_daemon(running: Box) -> None:
     assert 'tailscaled server version "1.80.3-t' in res.stderr
     assert json.loads(res.stdout)["BackendState"] == "Running", "state written by 1.80.3 reads fine in 1.82.0"
     assert "Daemon: 1.80.3" in running.ts("version", "--daemon").stdout
+
+
+def test_routes_are_stored_sorted_and_canonical_like_calc_advertise_routes(running: Box) -> None:
+    res = running.ts("set", "--advertise-routes=192.168.225.0/24,FD00:0:0:0::/64,10.0.0.0/8,10.0.0.0/8")
+    assert res.returncode == 0, res.stderr
+    assert running.prefs()["AdvertiseRoutes"] == ["10.0.0.0/8", "192.168.225.0/24", "fd00::/64"]
+    assert running.ts("set", "--advertise-exit-node").returncode == 0
+    routes = running.prefs()["AdvertiseRoutes"]
+    assert routes == ["0.0.0.0/0", "::/0", "10.0.0.0/8", "192.168.225.0/24", "fd00::/64"]
+    assert running.status()["Self"]["ExitNodeOption"] is True
+    assert running.ts("set", "--advertise-routes=").returncode == 0
+    assert running.prefs()["AdvertiseRoutes"] == ["0.0.0.0/0", "::/0"], (
+        "set keeps the exit routes it was not told about"
+    )

@@ -214,25 +214,28 @@ ts_duration_ms() {
 }
 
 # --- validation like the real CLI ---------------------------------------------------------------------------
-# netutil.CalcAdvertiseRoutes: every prefix must parse and have no host bits set; /0 routes come in pairs.
+# netutil.CalcAdvertiseRoutes: every entry must be a prefix (a bare address is refused) without host bits; /0
+# routes come in pairs; the result is deduplicated and sorted (prefix length, then address) in canonical text.
 ts_check_routes() {
 	printf '%s\n' "$1" | tr ',' '\n' | awk '
 	function fail(msg) { print msg > "/dev/stderr"; bad = 1; exit 1 }
 	# busybox awk may lack libm (no "^" operator): powers of two by multiplication.
 	function pow2(n,    r) { r = 1; while (n-- > 0) r *= 2; return r }
-	function v4(addr, bits,    o, n, i, x, hostbits, b) {
+	function hexval(h,    v, d) { v = 0; h = tolower(h); for (d = 1; d <= length(h); d++) v = v * 16 + index("0123456789abcdef", substr(h, d, 1)) - 1; return v }
+	function v4(addr, bits,    o, n, i, x, b) {
 		n = split(addr, o, ".")
 		if (n != 4) return 0
 		for (i = 1; i <= 4; i++) { if (o[i] !~ /^[0-9]+$/ || o[i] + 0 > 255 || (length(o[i]) > 1 && o[i] ~ /^0/)) return 0 }
 		if (bits !~ /^[0-9]+$/ || bits + 0 > 32) return 0
 		x = ((o[1] * 256 + o[2]) * 256 + o[3]) * 256 + o[4]
-		hostbits = 32 - bits
-		b = pow2(hostbits)
-		MASKED = x - (x % b)
-		MASKEDSTR = int(MASKED / 16777216) "." int(MASKED / 65536) % 256 "." int(MASKED / 256) % 256 "." MASKED % 256
+		b = pow2(32 - bits)
+		V4 = x
+		M4 = x - (x % b)
+		M4STR = int(M4 / 16777216) "." int(M4 / 65536) % 256 "." int(M4 / 256) % 256 "." M4 % 256
 		return 1
 	}
-	function v6(addr, bits,    halves, left, right, nl, nr, g, i, n, full, hex, bitpos, k, d, val, masked, out) {
+	# Parses into G[1..8] (ints) and MG[1..8] (masked); returns 0 when invalid.
+	function v6(addr, bits,    halves, left, right, nl, nr, raw, i, n, k, keep, g) {
 		if (bits !~ /^[0-9]+$/ || bits + 0 > 128) return 0
 		if (addr !~ /^[0-9a-fA-F:]+$/ || addr !~ /:/) return 0
 		n = split(addr, halves, "::")
@@ -242,45 +245,62 @@ ts_check_routes() {
 		if (n == 1 && nl != 8) return 0
 		if (n == 2 && nl + nr > 7) return 0
 		k = 0
-		for (i = 1; i <= nl; i++) g[++k] = left[i]
-		for (i = 1; i <= 8 - nl - nr; i++) g[++k] = "0"
-		for (i = 1; i <= nr; i++) g[++k] = right[i]
-		for (i = 1; i <= 8; i++) if (g[i] !~ /^[0-9a-fA-F]{1,4}$/ && !(length(g[i]) >= 1 && length(g[i]) <= 4 && g[i] ~ /^[0-9a-fA-F]+$/)) return 0
-		# host bits: any bit at position >= bits must be zero
-		HOSTSET = 0
+		for (i = 1; i <= nl; i++) raw[++k] = left[i]
+		for (i = 1; i <= 8 - nl - nr; i++) raw[++k] = "0"
+		for (i = 1; i <= nr; i++) raw[++k] = right[i]
 		for (i = 1; i <= 8; i++) {
-			val = 0; hex = tolower(g[i])
-			for (d = 1; d <= length(hex); d++) val = val * 16 + index("0123456789abcdef", substr(hex, d, 1)) - 1
-			for (k = 0; k < 16; k++) {
-				bitpos = (i - 1) * 16 + k
-				if (bitpos >= bits + 0 && int(val / pow2(15 - k)) % 2 == 1) HOSTSET = 1
-			}
+			if (raw[i] !~ /^[0-9a-fA-F]+$/ || length(raw[i]) > 4) return 0
+			G[i] = hexval(raw[i])
+			keep = bits - (i - 1) * 16
+			if (keep >= 16) MG[i] = G[i]
+			else if (keep <= 0) MG[i] = 0
+			else { g = pow2(16 - keep); MG[i] = G[i] - (G[i] % g) }
 		}
 		return 1
+	}
+	# RFC 5952 text of MG[]: longest run (>= 2) of zero groups becomes "::".
+	function v6text(    i, best, bestlen, run, start, out) {
+		best = 0; bestlen = 1; run = 0
+		for (i = 1; i <= 8; i++) {
+			if (MG[i] == 0) { if (run == 0) start = i; run++; if (run > bestlen) { bestlen = run; best = start } }
+			else run = 0
+		}
+		out = ""
+		for (i = 1; i <= 8; i++) {
+			if (best && i == best) { out = out "::"; i += bestlen - 1; continue }
+			if (out != "" && substr(out, length(out)) != ":") out = out ":"
+			out = out sprintf("%x", MG[i])
+		}
+		return out
 	}
 	$0 == "" { next }
 	{
 		r = $0
-		if (r !~ /\//) {
-			# A bare address is accepted as a single-host prefix, like the real CLI.
-			if (r ~ /:/) r = r "/128"; else r = r "/32"
-		}
+		if (r !~ /\//) fail("\"" $0 "\" is not a valid IP address or CIDR prefix")
 		split(r, p, "/")
 		if (p[1] ~ /:/) {
 			if (!v6(p[1], p[2])) fail("\"" $0 "\" is not a valid IP address or CIDR prefix")
-			if (HOSTSET) fail(r " has non-address bits set; expected the masked prefix")
-			if (p[2] == "0") d6 = 1
+			canon = v6text() "/" (p[2] + 0)
+			for (i = 1; i <= 8; i++) if (G[i] != MG[i]) fail(tolower(p[1]) "/" p[2] " has non-address bits set; expected " canon)
+			if (p[2] + 0 == 0) d6 = 1
+			key = sprintf("%03d 6", p[2]); for (i = 1; i <= 8; i++) key = key sprintf("%04x", MG[i])
 		} else {
 			if (!v4(p[1], p[2])) fail("\"" $0 "\" is not a valid IP address or CIDR prefix")
-			if (MASKEDSTR != p[1]) fail(r " has non-address bits set; expected " MASKEDSTR "/" p[2])
-			if (p[2] == "0") d4 = 1
+			if (M4 != V4) fail(r " has non-address bits set; expected " M4STR "/" p[2])
+			canon = M4STR "/" (p[2] + 0)
+			if (p[2] + 0 == 0) d4 = 1
+			key = sprintf("%03d 4%010d", p[2], M4)
 		}
-		out = out (out == "" ? "" : ",") r
+		if (!(canon in seen)) { seen[canon] = 1; keys[++nk] = key " " canon }
 	}
 	END {
 		if (bad) exit 1
 		if (d4 && !d6) { print "0.0.0.0/0 advertised without its IPv6 counterpart, please also advertise ::/0" > "/dev/stderr"; exit 1 }
 		if (d6 && !d4) { print "::/0 advertised without its IPv4 counterpart, please also advertise 0.0.0.0/0" > "/dev/stderr"; exit 1 }
+		# insertion sort on the keys (tiny lists; no asort in busybox awk)
+		for (i = 2; i <= nk; i++) { v = keys[i]; j = i - 1; while (j >= 1 && keys[j] > v) { keys[j + 1] = keys[j]; j-- } keys[j + 1] = v }
+		out = ""
+		for (i = 1; i <= nk; i++) { n = split(keys[i], f, " "); out = out (out == "" ? "" : ",") f[n] }
 		print out
 	}'
 }
