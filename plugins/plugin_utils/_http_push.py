@@ -1,0 +1,77 @@
+# Copyright (c) fleetmesh developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to fleetmesh.tailscale: a one-shot HTTP server the device pulls one file from (busybox wget).
+
+It listens on the controller address the device reaches us from, serves exactly one file under a random path
+(any other request gets 404), and stops after one complete response or when close() is called. No Ansible import:
+the persistent session daemon uses it too.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+
+
+class OneShotServer:
+    """Serve `path` once at http://ADDR:PORT/<random>/<basename>; close() stops it whatever happened."""
+
+    def __init__(self, path: str, address: str, port: int = 0, timeout: float = 120.0) -> None:
+        self.path = path
+        self.size = os.path.getsize(path)
+        self.secret = f"/{secrets.token_urlsafe(24)}/{os.path.basename(path) or 'file'}"
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((address, port))
+        self.sock.listen(4)
+        self.sock.settimeout(timeout)
+        host = f"[{address}]" if family == socket.AF_INET6 else address
+        self.url = f"http://{host}:{self.sock.getsockname()[1]}{self.secret}"
+        self.served = False
+        self.bytes_sent = 0
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            while not self.served:
+                conn, _ = self.sock.accept()
+                with conn:
+                    conn.settimeout(60)
+                    self._handle(conn)
+        except OSError as err:  # closed by close(), or accept timed out
+            if not self.served:
+                self.error = str(err)
+
+    def _handle(self, conn: socket.socket) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request and b"\n\n" not in request and len(request) < 16384:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            request += chunk
+        parts = request.split(b"\r\n", 1)[0].split()
+        if len(parts) < 2 or parts[0] != b"GET" or parts[1].decode(errors="replace") != self.secret:
+            conn.sendall(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        head = (
+            f"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {self.size}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        conn.sendall(head)
+        with open(self.path, "rb") as src:
+            sent = conn.sendfile(src)
+        self.bytes_sent = len(head) + sent
+        self.served = sent == self.size
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,141 @@
+# Copyright (c) fleetmesh developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to fleetmesh.tailscale: keeps one logged-in telnet shell per host alive across Ansible tasks.
+
+Ansible makes a new connection object for every task, so without this each task would log in again. Like ssh's
+ControlPersist, the first task spawns this small process (`python _session_daemon.py`, settings and password on
+its stdin, never on the command line); it logs in, answers on a unix socket only its owner can open, runs each
+request on its ShellSession (which logs in again by itself when the device dropped the session), and exits after
+`persist` idle seconds or on a `stop` request. Ansible's own persistent framework (ansible-connection) was not
+used: it is built around JSON-RPC for network_cli-style plugins and would need the same proxying anyway.
+
+Wire format, one request per connection: a JSON line in; a JSON line out followed by `len` raw bytes for results
+that carry output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from typing import Any
+
+try:
+    from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils import _http_push, _shell_session
+except ImportError:  # started as a script by the connection plugin: this directory is sys.path[0]
+    import _http_push  # type: ignore[no-redef]
+    import _shell_session  # type: ignore[no-redef]
+
+
+def build_session(cfg: dict[str, Any], log: Any) -> _shell_session.ShellSession:
+    login = _shell_session.LoginSettings(**cfg["login"])
+
+    def connect() -> _shell_session.TelnetStream:
+        return _shell_session.TelnetStream(cfg["host"], cfg["port"], cfg["connect_timeout"])
+
+    return _shell_session.ShellSession(connect, login, log=log, command_timeout=cfg["command_timeout"])
+
+
+def http_factory(session: _shell_session.ShellSession, cfg: dict[str, Any]) -> Any:
+    """A one-shot server maker bound to the address the device reaches us on (or None when unknown)."""
+    address = cfg.get("http_host") or (session.stream.local_address() if session.stream else None)
+    if not address:
+        return None
+    return lambda path: _http_push.OneShotServer(path, address, cfg.get("http_port") or 0)
+
+
+def handle(session: _shell_session.ShellSession, cfg: dict[str, Any], req: dict[str, Any]) -> tuple[dict, bytes]:
+    """Run one request; errors come back as {"error": kind, "msg": text}."""
+    messages: list[str] = []
+    session.log = messages.append
+    try:
+        op = req["op"]
+        if op == "exec":
+            result = session.run(bytes.fromhex(req["cmd"]))
+            out = {"rc": result.rc, "stdout": len(result.stdout), "stderr": len(result.stderr)}
+            return {**out, "log": messages}, result.stdout + result.stderr
+        if op == "put":
+            session.open()
+            method = session.put(req["local"], req["remote"], req.get("method", "auto"), http_factory(session, cfg))
+            return {"method": method, "log": messages}, b""
+        if op == "fetch":
+            return {"method": session.fetch(req["remote"], req["local"]), "log": messages}, b""
+        if op in ("stats", "open"):
+            if op == "open":
+                session.open()
+            stats = {"logins": session.logins, "commands": session.commands, "pid": os.getpid()}
+            stats |= {"bytes_sent": session.bytes_sent, "bytes_received": session.bytes_received}
+            return {**stats, "log": messages}, b""
+        return {"error": "SessionError", "msg": f"unknown op {op!r}"}, b""
+    except _shell_session.SessionError as err:
+        return {"error": type(err).__name__, "msg": str(err), "log": messages}, b""
+
+
+def serve(cfg: dict[str, Any], session: _shell_session.ShellSession, listener: socket.socket) -> None:
+    listener.settimeout(cfg["persist"])
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            return  # idle for `persist` seconds
+        with conn:
+            conn.settimeout(None)
+            reader = conn.makefile("rb")
+            line = reader.readline()
+            if not line:
+                continue
+            req = json.loads(line)
+            if req.get("op") == "stop":
+                conn.sendall(b'{"stopped": true}\n')
+                return
+            reply, payload = handle(session, cfg, req)
+            reply["len"] = len(payload)
+            try:
+                conn.sendall(json.dumps(reply).encode() + b"\n" + payload)
+            except OSError:
+                pass  # the task died (Ctrl-C); the session itself is still good
+
+
+def main() -> int:
+    cfg = json.loads(sys.stdin.readline())
+    session = build_session(cfg, lambda _msg: None)
+    path = cfg["socket_path"]
+    try:
+        session.open()
+    except _shell_session.SessionError as err:
+        print(json.dumps({"error": type(err).__name__, "msg": str(err)}), flush=True)
+        return 1
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket is a root shell on the device: only our user may connect
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(old)
+    listener.listen(8)
+    with open(f"{path}.pid", "w", encoding="ascii") as pidfile:
+        pidfile.write(f"{os.getpid()}\n")
+    print(json.dumps({"ready": True, "pid": os.getpid(), "logins": session.logins}), flush=True)
+    # Detach from the task's pipes: nothing more is printed, and Ansible must not wait for us.
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    try:
+        serve(cfg, session, listener)
+    finally:
+        listener.close()
+        for leftover in (path, f"{path}.pid"):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+        session.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
