@@ -476,15 +476,11 @@ def run_sync(stream: Stream, service: str, config: Config) -> None:  # noqa: ARG
     theirs.close()
 
     def pump_input() -> None:
-        try:
+        with contextlib.suppress(OSError):
             while (chunk := stream.read_chunk()) is not None:
                 ours.sendall(chunk)
-        except OSError:
-            pass
-        try:
+        with contextlib.suppress(OSError):
             ours.shutdown(socket.SHUT_WR)  # EOF for the child: a client gone mid-transfer ends it
-        except OSError:
-            pass
 
     threading.Thread(target=pump_input, daemon=True).start()
     try:
