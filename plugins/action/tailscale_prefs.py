@@ -1,0 +1,272 @@
+# Copyright (c) fleetmesh developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Bring a node's Tailscale login and prefs to the desired state with the least command, without Python on it.
+
+One round trip reads `tailscale status --json` and `tailscale debug prefs`; the pure planner in
+plugin_utils/_prefs.py picks nothing / `tailscale set` / `tailscale up`; a second round trip applies it and reads
+the truth back. The auth key travels only as a 0600 file (the connection's put_file into a 0700 temp dir), is
+passed as `--auth-key=file:PATH` and removed in the same shell line as the command, and again from Python if that
+round trip broke. It never appears in a command line, the result, or an error (outputs are redacted).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import typing as t
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import (
+    parse_sections,
+    run_script,
+    sh_quote,
+)
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._prefs import (
+    AUTH_KEY_PLACEHOLDER,
+    Plan,
+    PrefsError,
+    desired_flags,
+    managed_view,
+    parse_json,
+    plan,
+    render_config,
+)
+
+REDACTED = "********"
+
+ARGUMENT_SPEC: dict[str, t.Any] = {
+    "mode": {"type": "str", "default": "cli", "choices": ["cli", "config"]},
+    "tailscale": {"type": "str", "default": "tailscale"},
+    "socket": {"type": "str"},
+    "auth_key": {"type": "str", "no_log": True},
+    "key_dir": {"type": "str", "default": "/tmp"},
+    "login_server": {"type": "str"},
+    "hostname": {"type": "str"},
+    "accept_dns": {"type": "bool"},
+    "accept_routes": {"type": "bool"},
+    "ssh": {"type": "bool"},
+    "shields_up": {"type": "bool"},
+    "advertise_routes": {"type": "list", "elements": "str"},
+    "advertise_exit_node": {"type": "bool"},
+    "advertise_tags": {"type": "list", "elements": "str"},
+    "snat_subnet_routes": {"type": "bool"},
+    "netfilter_mode": {"type": "str", "choices": ["on", "nodivert", "off"]},
+    "extra_up_args": {"type": "list", "elements": "str", "default": []},
+    "reset": {"type": "bool", "default": False},
+    "timeout": {"type": "str", "default": "60s"},
+    "fail_on_machine_auth": {"type": "bool", "default": False},
+    "config_path": {"type": "str"},
+    "config_auth_key_file": {"type": "str"},
+}
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Remove the key from anything the device or the CLI printed."""
+    return text.replace(secret, REDACTED) if secret else text
+
+
+class ActionModule(ActionBase):
+    """Idempotent login and prefs over POSIX sh (see the doc stub plugins/modules/tailscale_prefs.py)."""
+
+    TRANSFERS_FILES = False
+    _supports_check_mode = True
+    _supports_diff = True
+
+    def _cli(self, args: dict[str, t.Any]) -> str:
+        cli = sh_quote(args["tailscale"])
+        if args.get("socket"):
+            cli += " " + sh_quote(f"--socket={args['socket']}")
+        return cli
+
+    def _read_script(self, cli: str) -> str:
+        # stderr joins stdout so "failed to connect to local tailscaled" reaches the error message.
+        return (
+            f"echo @@status; {cli} status --json 2>&1; rc=$?; echo @@status_rc; echo $rc\n"
+            f"echo @@prefs; {cli} debug prefs 2>&1; echo @@end\n"
+        )
+
+    def _truth(self, sections: dict[str, str], secret: str | None) -> tuple[dict[str, t.Any], dict[str, t.Any]]:
+        status_text = redact(sections.get("status", ""), secret)
+        if sections.get("status_rc", "").strip() != "0":
+            raise AnsibleActionFail(
+                "tailscale status failed (is tailscaled running? the boot integration starts it): "
+                + status_text.strip()[:500]
+            )
+        try:
+            return (
+                parse_json(status_text, "tailscale status --json"),
+                parse_json(redact(sections.get("prefs", ""), secret), "tailscale debug prefs"),
+            )
+        except PrefsError as exc:
+            raise AnsibleActionFail(str(exc)) from None
+
+    def run(self, tmp: str | None = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
+        result = super().run(tmp, task_vars)
+        del tmp
+        _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        # ansible-core 2.19 hands tagged str subclasses: plain str before they reach shell text or libraries.
+        key = str(args["auth_key"]) if args.get("auth_key") else None
+        try:
+            wanted = desired_flags(args)
+        except PrefsError as exc:
+            raise AnsibleActionFail(str(exc)) from None
+        if args["mode"] == "config":
+            return self._config_mode(result, args)
+
+        cli = self._cli(args)
+        read = run_script(self, self._read_script(cli), "tailscale_prefs (read)")
+        sections = parse_sections(read.stdout)
+        if "end" not in sections:
+            raise AnsibleActionFail("tailscale_prefs: the device's output was cut short: " + redact(read.stdout, key))
+        status, prefs = self._truth(sections, key)
+        try:
+            the_plan = plan(
+                status,
+                prefs,
+                wanted,
+                timeout=str(args["timeout"]),
+                have_key=bool(key),
+                extra_up_args=[str(a) for a in args["extra_up_args"]],
+                reset=bool(args["reset"]),
+            )
+        except PrefsError as exc:
+            raise AnsibleActionFail(str(exc)) from None
+        before = {"backend_state": the_plan.backend_state, **managed_view(prefs, wanted)}
+        result.update(
+            changed=the_plan.changed,
+            command=the_plan.verb,
+            argv=self._shown_argv(the_plan),
+            reason=the_plan.reason,
+            changes=the_plan.changes,
+            backend_state=the_plan.backend_state,
+        )
+        if not the_plan.changed or self._task.check_mode:
+            result["machine_auth_pending"] = the_plan.backend_state == "NeedsMachineAuth"
+            if self._task.diff and the_plan.changed:
+                after = {**before, **{flag: c["after"] for flag, c in the_plan.changes.items()}}
+                result["diff"] = {"before": before, "after": after}
+            return self._machine_auth(result, args)
+
+        status2, prefs2, out, rc = self._apply(cli, the_plan, args, key)
+        state2 = str(status2.get("BackendState") or "")
+        result.update(backend_state=state2, output=out)
+        after = {"backend_state": state2, **managed_view(prefs2, wanted)}
+        if self._task.diff:
+            result["diff"] = {"before": before, "after": after}
+        result["machine_auth_pending"] = state2 == "NeedsMachineAuth"
+        if rc != 0 and not result["machine_auth_pending"]:
+            raise AnsibleActionFail(f"tailscale {the_plan.verb} failed (rc={rc}): {out.strip()[:1500]}", result=result)
+        # The truth after the change must match: a CLI that silently ignored a flag is a failure, not "changed".
+        again = plan(status2, prefs2, wanted, timeout="0s", have_key=True)
+        if again.changed and not result["machine_auth_pending"]:
+            raise AnsibleActionFail(
+                f"after tailscale {the_plan.verb} the node still differs ({again.reason}): {again.changes}",
+                result=result,
+            )
+        return self._machine_auth(result, args)
+
+    @staticmethod
+    def _shown_argv(the_plan: Plan) -> list[str]:
+        return [a.replace(AUTH_KEY_PLACEHOLDER, "<auth key file>") for a in the_plan.args]
+
+    def _machine_auth(self, result: dict[str, t.Any], args: dict[str, t.Any]) -> dict[str, t.Any]:
+        if result.get("machine_auth_pending"):
+            msg = "logged in, but the machine awaits approval by a tailnet admin (NeedsMachineAuth)"
+            result["msg"] = msg
+            if args["fail_on_machine_auth"]:
+                result["failed"] = True
+            else:
+                result.setdefault("warnings", []).append(msg)
+        return result
+
+    def _apply(
+        self, cli: str, the_plan: Plan, args: dict[str, t.Any], key: str | None
+    ) -> tuple[dict[str, t.Any], dict[str, t.Any], str, int]:
+        key_dir = None
+        finished = False
+        try:
+            if the_plan.needs_key:
+                if key is None:  # plan() refuses a login without a key; kept as a guard for future planners
+                    raise AnsibleActionFail("internal: a login was planned without an auth key")
+                key_dir = self._push_key(key, str(args["key_dir"]))
+                argv = [a.replace(AUTH_KEY_PLACEHOLDER, f"{key_dir}/key") for a in the_plan.args]
+            else:
+                argv = list(the_plan.args)
+            command = f"{cli} {' '.join(sh_quote(a) for a in argv)}"
+            # The key file goes in the same shell line as the command: removed whatever the command's outcome.
+            cleanup = f"rm -rf {sh_quote(key_dir)}; " if key_dir else ""
+            script = f"echo @@out; {command} 2>&1; rc=$?; {cleanup}echo @@rc; echo $rc\n" + self._read_script(cli)
+            run = run_script(self, script, f"tailscale_prefs ({the_plan.verb})")
+            finished = True
+        finally:
+            if key_dir and not finished:
+                # The round trip broke before its own rm ran: remove the key from the device now.
+                run_script(self, f"rm -rf {sh_quote(key_dir)}", "tailscale_prefs (key cleanup)")
+        sections = parse_sections(run.stdout)
+        out = redact(sections.get("out", ""), key)
+        if "end" not in sections:
+            raise AnsibleActionFail("tailscale_prefs: the device's output was cut short: " + out)
+        status, prefs = self._truth(sections, key)
+        return status, prefs, out, int(sections.get("rc", "1").strip() or 1)
+
+    def _push_key(self, key: str, key_dir: str) -> str:
+        """Put the key into a fresh 0700 dir on the device as a 0600 file; returns the dir."""
+        made = run_script(
+            self,
+            f"umask 077; mktemp -d {sh_quote(key_dir.rstrip('/') + '/.fleetmesh-ts.XXXXXX')}",
+            "tailscale_prefs (key dir)",
+        )
+        remote_dir = made.stdout.strip().splitlines()[-1] if made.stdout.strip() else ""
+        if made.rc != 0 or not remote_dir.startswith("/"):
+            raise AnsibleActionFail(f"cannot create a private temp dir under {key_dir}: {made.stdout} {made.stderr}")
+        fd, local = tempfile.mkstemp(prefix="fleetmesh-ts-")  # mkstemp: 0600 on the controller too
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(key + "\n")
+            try:
+                self._connection.put_file(local, f"{remote_dir}/key")
+            except Exception:
+                run_script(self, f"rm -rf {sh_quote(remote_dir)}", "tailscale_prefs (key cleanup)")
+                raise AnsibleActionFail("could not copy the auth key file to the device") from None
+        finally:
+            os.unlink(local)
+        return remote_dir
+
+    def _config_mode(self, result: dict[str, t.Any], args: dict[str, t.Any]) -> dict[str, t.Any]:
+        """Render tailscaled's --config file (alpha0) and install it atomically, 0600, only when it differs."""
+        path = args.get("config_path")
+        if not path or not str(path).startswith("/"):
+            raise AnsibleActionFail("mode=config needs config_path, an absolute path on the device")
+        path = str(path)
+        try:
+            text = render_config(args, args.get("config_auth_key_file"))
+        except PrefsError as exc:
+            raise AnsibleActionFail(str(exc)) from None
+        read = run_script(self, f"echo @@conf; cat {sh_quote(path)} 2>/dev/null; echo @@end", "tailscale_prefs")
+        current = parse_sections(read.stdout).get("conf", "")
+        changed = current.strip() != text.strip()
+        result.update(changed=changed, config_path=path)
+        if self._task.diff and changed:
+            result["diff"] = {"before": current, "after": text, "before_header": path, "after_header": path}
+        if not changed or self._task.check_mode:
+            return result
+        fd, local = tempfile.mkstemp(prefix="fleetmesh-tsconf-")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            tmp_remote = f"{path}.fleetmesh-tmp"
+            prep = run_script(
+                self, f'umask 077; mkdir -p "$(dirname {sh_quote(path)})" && : > {sh_quote(tmp_remote)}', "config"
+            )
+            if prep.rc != 0:
+                raise AnsibleActionFail(f"cannot write next to {path}: {prep.stdout} {prep.stderr}")
+            self._connection.put_file(local, tmp_remote)
+        finally:
+            os.unlink(local)
+        done = run_script(
+            self, f"chmod 600 {sh_quote(tmp_remote)} && mv -f {sh_quote(tmp_remote)} {sh_quote(path)}", "config"
+        )
+        if done.rc != 0:
+            raise AnsibleActionFail(f"cannot install {path}: {done.stdout} {done.stderr}")
+        return result
