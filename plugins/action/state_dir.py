@@ -1,0 +1,130 @@
+# Copyright (c) fleetmesh developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Prepare tailscaled's state dir on a device without Python; move old state there once, never overwrite any."""
+
+from __future__ import annotations
+
+import posixpath
+import typing as t
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import (
+    parse_sections,
+    run_script,
+    sh_quote,
+)
+
+FACTS_NAMESPACE = "fleetmesh_state_dir"
+STATE_FILE = "tailscaled.state"
+MIGRATED_SUFFIX = ".migrated"
+
+# One round trip does check and change. Old state is copied, compared, renamed into place, and the old file is
+# renamed to <old>.migrated (kept, never deleted): a second run finds nothing to move.
+SCRIPT = r"""dry=__DRY__; sd=__SD__; logs=__LOGS__; new="$sd/__FILE__"
+say() { echo "$1"; }
+perm() { stat -c %a "$1" 2>/dev/null || echo -; }
+echo @@changes
+for d in "$sd" "$logs"; do
+  if [ ! -d "$d" ]; then say "mkdir $d"
+    [ "$dry" = 1 ] || mkdir -p "$d" || { echo @@error; echo "cannot create $d"; exit 1; }; fi
+  if [ -d "$d" ] && [ "$(perm "$d")" != 700 ]; then say "chmod 0700 $d"; [ "$dry" = 1 ] || chmod 700 "$d"; fi
+done
+moved=""
+for o in __OLD__; do
+  [ -f "$o" ] && [ "$o" != "$new" ] || continue
+  if [ -e "$new" ]; then echo "@@warn"; echo "$o"; echo @@changes; continue; fi
+  say "move $o"; moved="$o"
+  if [ "$dry" != 1 ]; then
+    cp -p "$o" "$new.fmtmp" && cmp -s "$o" "$new.fmtmp" && chmod 600 "$new.fmtmp" && mv "$new.fmtmp" "$new" \
+      && mv "$o" "$o__MIGRATED__" || { rm -f "$new.fmtmp"; echo @@error; echo "cannot move $o to $new"; exit 1; }
+  fi
+done
+if [ -f "$new" ] && [ "$(perm "$new")" != 600 ]; then say "chmod 0600 $new"; [ "$dry" = 1 ] || chmod 600 "$new"; fi
+echo @@status
+[ -f "$new" ] && echo state_present
+pidof tailscaled >/dev/null 2>&1 && echo daemon_running
+echo @@end
+"""
+
+
+def _abs(value: str, what: str) -> str:
+    value = str(value).rstrip("/") or "/"
+    if not value.startswith("/") or "\n" in value or "/../" in f"{value}/":
+        raise AnsibleActionFail(f"{what}: {value!r} must be an absolute path without '..' or newline")
+    return value
+
+
+def render(state_dir: str, logs_dir: str, old_paths: t.Sequence[str], dry: bool) -> str:
+    return (
+        SCRIPT.replace("__DRY__", "1" if dry else "0")
+        .replace("__SD__", sh_quote(state_dir))
+        .replace("__LOGS__", sh_quote(logs_dir))
+        .replace("__FILE__", STATE_FILE)
+        .replace("__MIGRATED__", MIGRATED_SUFFIX)
+        .replace("__OLD__", " ".join(sh_quote(p) for p in old_paths) or "''")
+    )
+
+
+def interpret(output: str, state_dir: str, logs_dir: str) -> dict[str, t.Any]:
+    """The facts and change list from the script's output (pure: unit-tested on recorded outputs)."""
+    sec = parse_sections(output)
+    if "error" in sec:
+        raise AnsibleActionFail(f"state dir: {sec['error']}")
+    if "end" not in sec:
+        raise AnsibleActionFail("state dir: the device's answer was cut short (no end marker)")
+    changes = [line for line in sec.get("changes", "").splitlines() if line.strip()]
+    moved = [line[5:] for line in changes if line.startswith("move ")]
+    status = sec.get("status", "").split()
+    state_file = posixpath.join(state_dir, STATE_FILE)
+    return {
+        "changes": changes,
+        "both_exist": [line for line in sec.get("warn", "").splitlines() if line.strip()],
+        "facts": {
+            "state_dir": state_dir,
+            "state_file": state_file,
+            "logs_dir": logs_dir,
+            "state_present": "state_present" in status,
+            "moved_from": moved[0] if moved else "",
+            "daemon_running": "daemon_running" in status,
+            # A daemon started with the old state path must restart to pick the moved state up (boot role).
+            "restart_needed": bool(moved) and "daemon_running" in status,
+            "tailscaled_args": [f"--statedir={state_dir}", f"--state={state_file}"],
+            "environment": {"TS_LOGS_DIR": logs_dir},
+        },
+    }
+
+
+class ActionModule(ActionBase):
+    """State dir preparation and one-time move of old state, in one POSIX sh round trip."""
+
+    TRANSFERS_FILES = False
+    _supports_check_mode = True
+
+    def run(self, tmp: str | None = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
+        result = super().run(tmp, task_vars)
+        del tmp
+        _spec, args = self.validate_argument_spec(
+            argument_spec={
+                "path": {"type": "str", "required": True},
+                "logs_dir": {"type": "str", "default": ""},
+                "old_paths": {"type": "list", "elements": "str", "default": []},
+            }
+        )
+        state_dir = _abs(args["path"], "path")
+        logs_dir = _abs(args["logs_dir"], "logs_dir") if args["logs_dir"] else posixpath.join(state_dir, "logs")
+        old = [_abs(p, "old_paths") for p in args["old_paths"]]
+        run = run_script(self, render(state_dir, logs_dir, old, bool(self._task.check_mode)), "state dir")
+        info = interpret(run.stdout, state_dir, logs_dir)
+        for path in info["both_exist"]:
+            self._display.warning(
+                f"{self._task.get_name()}: state exists both at {path} and in {state_dir}: "
+                f"kept {state_dir}, left {path} untouched"
+            )
+        result.update(
+            changed=bool(info["changes"]),
+            changes=info["changes"],
+            both_exist=info["both_exist"],
+            ansible_facts={FACTS_NAMESPACE: info["facts"]},
+        )
+        return result

@@ -1,0 +1,253 @@
+# Copyright (c) fleetmesh developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to the fleetmesh.tailscale collection: not a public API, may change without notice.
+
+The device-side half of ``fleetmesh.tailscale.install_files``: the POSIX sh scripts (busybox ash compatible) that
+inspect, apply and remove a set of files and symlinks, and the pure functions that turn the inspection output
+into a plan. Kept apart from the action so the planning is unit-tested without a device.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+import typing as t
+from dataclasses import dataclass, field
+
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import parse_sections, sh_quote
+
+TMP_SUFFIX = ".fmtmp"
+BAK_SUFFIX = ".fmbak"
+# Filesystems round each file up to blocks: count a 4 KiB block of slack per uploaded file.
+SLACK_KB = 4
+
+# sha256 of a file with whatever the device has; '-' when the file is absent or not regular.
+_PRELUDE = r"""h() { [ -f "$1" ] && [ ! -L "$1" ] || { echo -; return; }
+  if command -v sha256sum >/dev/null 2>&1; then sha256sum "$1"; else busybox sha256sum "$1"; fi | sed 's/ .*//'; }
+l() { if [ -L "$1" ]; then readlink "$1"; elif [ -e "$1" ]; then echo '!notlink'; else echo -; fi; }
+"""
+
+
+@dataclass
+class FileSpec:
+    src: str
+    dest: str
+    mode: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class LinkSpec:
+    path: str
+    target: str
+
+
+@dataclass
+class Plan:
+    uploads: list[FileSpec] = field(default_factory=list)
+    links: list[tuple[LinkSpec, str]] = field(default_factory=list)  # (wanted, current value or '-')
+    mode_fixes: list[FileSpec] = field(default_factory=list)
+    manifest_stale: bool = False
+    stale_items: list[tuple[str, str]] = field(default_factory=list)  # in the old manifest, no longer wanted
+    root_readonly: bool = False
+    free: dict[str, tuple[int, int]] = field(default_factory=dict)  # mount -> (needed_kb, avail_kb)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.uploads or self.links or self.mode_fixes or self.manifest_stale)
+
+
+def manifest_text(files: t.Sequence[FileSpec], links: t.Sequence[LinkSpec], dirs: t.Sequence[str]) -> str:
+    """What the device keeps to remove exactly this install later: one `kind path` line per item."""
+    lines = [f"dir {d}" for d in dirs] + [f"file {f.dest}" for f in files] + [f"link {lk.path}" for lk in links]
+    return "\n".join(lines) + "\n"
+
+
+def parse_manifest(text: str) -> list[tuple[str, str]]:
+    items = []
+    for line in text.splitlines():
+        kind, _sep, path = line.partition(" ")
+        if kind in ("dir", "file", "link") and path.startswith("/"):
+            items.append((kind, path))
+    return items
+
+
+def check_script(files: t.Sequence[FileSpec], links: t.Sequence[LinkSpec], manifest: str) -> str:
+    """One round trip: the device copy's sha256 and mode per file, each link's value, free space, root mode."""
+    out = [_PRELUDE]
+    for i, f in enumerate(files):
+        q = sh_quote(f.dest)
+        out.append(f"echo @@f{i}; h {q}; stat -c %a {q} 2>/dev/null || echo -")
+    for i, lk in enumerate(links):
+        out.append(f"echo @@l{i}; l {sh_quote(lk.path)}")
+    for i, d in enumerate(sorted({posixpath.dirname(f.dest) for f in files})):
+        out.append(
+            f'echo @@d{i}; q={sh_quote(d)}; while [ ! -e "$q" ]; do q=$(dirname "$q"); done; '
+            f"printf '%s\\t' {sh_quote(d)}; df -Pk \"$q\" | sed -n '$p'"
+        )
+    out.append("echo @@root; awk '$2 == \"/\" {o=$4} END {print o}' /proc/mounts")
+    if manifest:
+        out.append(f"echo @@manifest; cat {sh_quote(manifest)} 2>/dev/null")
+    out.append("echo @@end")
+    return "\n".join(out) + "\n"
+
+
+def plan_from_output(
+    output: str, files: t.Sequence[FileSpec], links: t.Sequence[LinkSpec], dirs: t.Sequence[str], manifest: str
+) -> Plan:
+    """Compare what the device reported with what is wanted; raise ValueError when the output is cut short."""
+    sec = parse_sections(output)
+    if "end" not in sec:
+        raise ValueError("the device's answer was cut short (no end marker)")
+    plan = Plan()
+    for i, f in enumerate(files):
+        lines = (sec.get(f"f{i}", "").splitlines() + ["-", "-"])[:2]
+        digest, mode = lines[0].strip(), lines[1].strip()
+        if digest != f.sha256:
+            plan.uploads.append(f)
+        elif mode != "-" and mode.lstrip("0") != f.mode.lstrip("0"):
+            plan.mode_fixes.append(f)
+    for i, lk in enumerate(links):
+        current = sec.get(f"l{i}", "-").strip() or "-"
+        if current == "!notlink":
+            raise ValueError(f"{lk.path} exists and is not a symlink: refusing to replace it")
+        if current != lk.target:
+            plan.links.append((lk, current))
+    mounts: dict[str, int] = {}
+    needed: dict[str, int] = {}
+    dir_mount: dict[str, str] = {}
+    for key, value in sec.items():
+        if not key.startswith("d") or not key[1:].isdigit():
+            continue
+        path, _sep, df_line = value.partition("\t")
+        fields = df_line.split()
+        if len(fields) >= 6 and fields[3].isdigit():
+            dir_mount[path] = fields[5]
+            mounts[fields[5]] = int(fields[3])
+    for f in plan.uploads:
+        mount = dir_mount.get(posixpath.dirname(f.dest))
+        if mount is not None:
+            needed[mount] = needed.get(mount, 0) + math.ceil(f.size / 1024) + SLACK_KB
+    plan.free = {m: (needed[m], mounts[m]) for m in needed}
+    plan.root_readonly = "ro" in sec.get("root", "").strip().split(",")
+    if manifest:
+        plan.manifest_stale = sec.get("manifest", "").strip() != manifest_text(files, links, dirs).strip()
+        wanted = set(parse_manifest(manifest_text(files, links, dirs)))
+        plan.stale_items = [item for item in parse_manifest(sec.get("manifest", "")) if item not in wanted]
+    return plan
+
+
+def space_errors(plan: Plan) -> list[str]:
+    return [
+        f"needs {needed / 1024:.1f} MB, {avail / 1024:.1f} MB free on {mount}"
+        for mount, (needed, avail) in sorted(plan.free.items())
+        if needed > avail
+    ]
+
+
+def prepare_script(plan: Plan, dirs: t.Sequence[str]) -> str:
+    """Create the parent dirs and drop stale temp files before the uploads (only run when something uploads)."""
+    wanted = sorted(set(dirs) | {posixpath.dirname(f.dest) for f in plan.uploads})
+    cmds = [f"mkdir -p {' '.join(sh_quote(d) for d in wanted)}"] if wanted else []
+    cmds += [f"rm -f {sh_quote(tmp_name(f.dest))}" for f in plan.uploads]
+    return " && ".join(cmds) + "\n" if cmds else ""
+
+
+def tmp_name(dest: str) -> str:
+    return posixpath.join(posixpath.dirname(dest), f".{posixpath.basename(dest)}{TMP_SUFFIX}")
+
+
+def apply_script(
+    plan: Plan,
+    dirs: t.Sequence[str],
+    *,
+    verify: str,
+    verify_expect: str,
+    verify_stage: str,
+    remount_root: bool,
+    manifest: str,
+    manifest_body: str,
+) -> str:
+    """Put uploaded files in place, verify, switch links; on a failed verify undo everything this run did."""
+    out = ["set -u", "rc=0"]
+    if dirs:
+        out.append(f"mkdir -p {' '.join(sh_quote(d) for d in dirs)} || exit 1")
+    undo_files: list[str] = []
+    for f in plan.uploads:
+        dest, tmp, bak = sh_quote(f.dest), sh_quote(tmp_name(f.dest)), sh_quote(f.dest + BAK_SUFFIX)
+        out.append(
+            f"chmod {f.mode} {tmp} || exit 1; rm -f {bak}; "
+            f"if [ -e {dest} ] || [ -L {dest} ]; then mv -f {dest} {bak} || exit 1; fi; mv -f {tmp} {dest} || exit 1"
+        )
+        undo_files.append(f"rm -f {dest}; if [ -e {bak} ] || [ -L {bak} ]; then mv -f {bak} {dest}; fi")
+    out += [f"chmod {f.mode} {sh_quote(f.dest)} || exit 1" for f in plan.mode_fixes]
+    undo_links = [
+        f"ln -sfn {sh_quote(cur)} {sh_quote(lk.path)}" if cur != "-" else f"rm -f {sh_quote(lk.path)}"
+        for lk, cur in plan.links
+    ]
+    remount = remount_root and plan.root_readonly and bool(plan.links or plan.stale_items)
+    if remount:
+        out.append("mount -o remount,rw / || { echo 'cannot remount / read-write'; exit 1; }")
+        out.append("trap 'sync; mount -o remount,ro /' EXIT")
+
+    # Dirs this run may have created for the uploads go too when a failed verify leaves them empty.
+    undo_dirs = [f"rmdir {sh_quote(d)} 2>/dev/null" for d in sorted({posixpath.dirname(f.dest) for f in plan.uploads})]
+
+    def verify_block(undo_links: list[str]) -> list[str]:
+        check = f"rc=0; vout=$( ({verify}) 2>&1) || rc=$?"
+        expect = (
+            f'; [ "$rc" = 0 ] && case "$vout" in *{sh_quote(verify_expect)}*) ;; *) rc=99;; esac'
+            if verify_expect
+            else ""
+        )
+        undo = "; ".join([*undo_links, *undo_files, *undo_dirs]) or ":"
+        return [
+            check + expect,
+            f'if [ "$rc" != 0 ]; then {undo}; sync; echo @@verify; echo "rc=$rc"; echo "$vout"; echo @@end; exit 3; fi',
+        ]
+
+    if verify and verify_stage == "files":
+        out += verify_block([])
+    for lk, _cur in plan.links:
+        out.append(f"ln -sfn {sh_quote(lk.target)} {sh_quote(lk.path)} || exit 1")
+    if verify and verify_stage == "links":
+        out += verify_block(undo_links)
+    out += [f"rm -f {sh_quote(f.dest + BAK_SUFFIX)}" for f in plan.uploads]
+    # What an earlier run installed and this one no longer wants (an old version): removed once the new one works.
+    for kind, path in plan.stale_items:
+        if kind == "file":
+            out.append(f"rm -f {sh_quote(path)}")
+        elif kind == "link":
+            out.append(f"if [ -L {sh_quote(path)} ]; then rm -f {sh_quote(path)}; fi")
+    stale_dirs = sorted((p for k, p in plan.stale_items if k == "dir"), reverse=True)
+    out += [f"rmdir {sh_quote(d)} 2>/dev/null || :" for d in stale_dirs]
+    if manifest and (plan.manifest_stale or plan.changed):
+        mtmp = sh_quote(manifest + TMP_SUFFIX)
+        out.append(f"mkdir -p {sh_quote(posixpath.dirname(manifest))} && printf %s {sh_quote(manifest_body)} > {mtmp}")
+        out.append(f"mv -f {mtmp} {sh_quote(manifest)} || exit 1")
+    out.append("sync")
+    out.append("echo @@end")
+    return "\n".join(out) + "\n"
+
+
+def remove_script(manifest: str, remount_root: bool, check_only: bool) -> str:
+    """Remove exactly what the manifest lists (files; links only while they are links; dirs only when empty)."""
+    m = sh_quote(manifest)
+    out = [f"[ -f {m} ] || {{ echo @@absent; echo @@end; exit 0; }}", f"echo @@manifest; cat {m}"]
+    if not check_only:
+        if remount_root:
+            out.append(
+                "if awk '$2 == \"/\" {o=$4} END {exit !(o ~ /(^|,)ro(,|$)/)}' /proc/mounts; then "
+                "mount -o remount,rw / && trap 'sync; mount -o remount,ro /' EXIT; fi"
+            )
+        out += [
+            f"dirs=$(sed -n 's/^dir //p' {m} | sort -r)",
+            f'while read -r kind path; do case $kind in file) rm -f "$path";; '
+            f'link) if [ -L "$path" ]; then rm -f "$path"; fi;; esac; done < {m}',
+            f"rm -f {m}",
+            'printf \'%s\\n\' "$dirs" | while read -r d; do [ -n "$d" ] && rmdir "$d" 2>/dev/null; done',
+            "sync",
+        ]
+    out.append("echo @@end")
+    return "\n".join(out) + "\n"
