@@ -15,6 +15,7 @@ import os
 import tempfile
 import typing as t
 
+import netaddr
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import (
@@ -58,7 +59,25 @@ ARGUMENT_SPEC: dict[str, t.Any] = {
     "fail_on_machine_auth": {"type": "bool", "default": False},
     "config_path": {"type": "str"},
     "config_auth_key_file": {"type": "str"},
+    "connection_address": {"type": "str"},
+    "allow_reauth_over_tailnet": {"type": "bool", "default": False},
 }
+# Tailscale's address ranges: a controller reaching the device at one of these rides on the tailnet itself.
+TAILNET_RANGES = ("100.64.0.0/10", "fd7a:115c:a1e0::/48")
+
+
+def over_tailnet(address: str | None) -> bool:
+    """True when the play reaches the device through a Tailscale address (a re-auth would cut that path)."""
+    if not address:
+        return False
+    host = address.strip().strip("[]").rsplit("%", 1)[0]
+    if host.count(":") == 1:  # host:port (adb serials)
+        host = host.split(":", 1)[0]
+    try:
+        ip = netaddr.IPAddress(host)
+    except (netaddr.AddrFormatError, ValueError):
+        return False
+    return any(ip in netaddr.IPNetwork(net) for net in TAILNET_RANGES)
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -141,6 +160,15 @@ class ActionModule(ActionBase):
             changes=the_plan.changes,
             backend_state=the_plan.backend_state,
         )
+        if the_plan.needs_key and over_tailnet(args.get("connection_address")):
+            # A re-auth restarts the node's session: the connection this play runs over would drop mid-command.
+            msg = (
+                f"{the_plan.reason}, but this play reaches the device over the tailnet "
+                f"({args['connection_address']}): the re-authentication would cut the connection it runs on. "
+                "Run it over another path (LAN, adb, serial) or set allow_reauth_over_tailnet (docs/login.md)."
+            )
+            if not args["allow_reauth_over_tailnet"]:
+                raise AnsibleActionFail(msg, result=result)
         if not the_plan.changed or self._task.check_mode:
             result["machine_auth_pending"] = the_plan.backend_state == "NeedsMachineAuth"
             if self._task.diff and the_plan.changed:
@@ -148,6 +176,14 @@ class ActionModule(ActionBase):
                 result["diff"] = {"before": before, "after": after}
             return self._machine_auth(result, args)
 
+        if the_plan.needs_key and over_tailnet(args.get("connection_address")):
+            self._apply_detached(cli, the_plan, args, key)
+            result["detached"] = True
+            result.setdefault("warnings", []).append(
+                f"tailscale {the_plan.verb} runs detached on the device (nohup) because it cuts this connection; "
+                "the next run verifies the result"
+            )
+            return result
         status2, prefs2, out, rc = self._apply(cli, the_plan, args, key)
         state2 = str(status2.get("BackendState") or "")
         result.update(backend_state=state2, output=out)
@@ -209,6 +245,18 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("tailscale_prefs: the device's output was cut short: " + out)
         status, prefs = self._truth(sections, key)
         return status, prefs, out, int(sections.get("rc", "1").strip() or 1)
+
+    def _apply_detached(self, cli: str, the_plan: Plan, args: dict[str, t.Any], key: str | None) -> None:
+        """Start the command under nohup in its own background shell, which also removes the key file afterwards."""
+        if key is None:
+            raise AnsibleActionFail("internal: a login was planned without an auth key")
+        key_dir = self._push_key(key, str(args["key_dir"]))
+        argv = [a.replace(AUTH_KEY_PLACEHOLDER, f"{key_dir}/key") for a in the_plan.args]
+        inner = f"{cli} {' '.join(sh_quote(a) for a in argv)}; rm -rf {sh_quote(key_dir)}"
+        started = run_script(self, f"nohup sh -c {sh_quote(inner)} </dev/null >/dev/null 2>&1 &\necho started", "up")
+        if "started" not in started.stdout:
+            run_script(self, f"rm -rf {sh_quote(key_dir)}", "tailscale_prefs (key cleanup)")
+            raise AnsibleActionFail("could not start the detached tailscale up")
 
     def _push_key(self, key: str, key_dir: str) -> str:
         """Put the key into a fresh 0700 dir on the device as a 0600 file; returns the dir."""

@@ -1,0 +1,130 @@
+# Copyright (c) fleetmesh developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Enable IP forwarding for the address families of the advertised routes, read before write, kept across reboot.
+
+Like containerboot's ensureIPForwarding: only the families present, and a sysctl already at 1 is not written (so a
+device that denies the write but was set up by other means is fine). Persistence in the device's own way:
+`sysctl_file` (a drop-in that systemd-sysctl / OpenWrt's sysctl init read at boot), `rc_script` (a tiny sysvinit
+script linked into the rc dirs, for busybox boxes whose init never reads sysctl.conf) or `none` (the boot
+integration applies the sysctls the routing role publishes). No Python on the device: two shell round trips at most.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import (
+    parse_sections,
+    run_script,
+    sh_quote,
+)
+
+SYSCTLS = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
+
+ARGUMENT_SPEC: dict[str, t.Any] = {
+    "families": {"type": "list", "elements": "int", "required": True},
+    "persist": {"type": "str", "default": "none", "choices": ["none", "sysctl_file", "rc_script"]},
+    "sysctl_file": {"type": "str", "default": "/etc/sysctl.d/99-fleetmesh-tailscale.conf"},
+    "rc_script": {"type": "str", "default": "/etc/init.d/fleetmesh-ipforward"},
+    "rc_links": {"type": "list", "elements": "str", "default": []},
+}
+
+
+def proc_path(sysctl: str) -> str:
+    return "/proc/sys/" + sysctl.replace(".", "/")
+
+
+def sysctl_file_text(families: list[int]) -> str:
+    lines = "".join(f"{SYSCTLS[f]} = 1\n" for f in families)
+    return f"# Managed by fleetmesh.tailscale (routing role): forwarding for advertised subnet routes.\n{lines}"
+
+
+def rc_script_text(families: list[int]) -> str:
+    writes = "".join(f"\t[ -w {proc_path(SYSCTLS[f])} ] && echo 1 > {proc_path(SYSCTLS[f])}\n" for f in families)
+    return (
+        "#!/bin/sh\n"
+        "# Managed by fleetmesh.tailscale (routing role): forwarding for advertised subnet routes, at every boot.\n"
+        'case "${1:-start}" in\n'
+        "start)\n"
+        f"{writes}"
+        "\t;;\n"
+        "esac\n"
+        "exit 0\n"
+    )
+
+
+class ActionModule(ActionBase):
+    """Read-before-write IP forwarding per family, persisted (see the doc stub plugins/modules/ip_forwarding.py)."""
+
+    TRANSFERS_FILES = False
+    _supports_check_mode = True
+    _supports_diff = True
+
+    def run(self, tmp: str | None = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
+        result = super().run(tmp, task_vars)
+        del tmp
+        _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        families = sorted({int(f) for f in args["families"]})
+        bad = [f for f in families if f not in SYSCTLS]
+        if bad:
+            raise AnsibleActionFail(f"families: {bad} are not IP versions (use 4 and/or 6)")
+        persist = str(args["persist"])
+        target = {"sysctl_file": str(args["sysctl_file"]), "rc_script": str(args["rc_script"])}.get(persist, "")
+        want_text = {"sysctl_file": sysctl_file_text, "rc_script": rc_script_text}.get(persist, lambda _f: "")(families)
+        links = [str(link) for link in args["rc_links"]] if persist == "rc_script" else []
+
+        read = "".join(f"echo @@v{f}; cat {proc_path(SYSCTLS[f])} 2>&1\n" for f in families)
+        if target:
+            read += f"echo @@file; cat {sh_quote(target)} 2>/dev/null\n"
+        for i, link in enumerate(links):
+            read += f"echo @@link{i}; readlink {sh_quote(link)} 2>/dev/null\n"
+        sec = parse_sections(run_script(self, read + "echo @@end\n", "ip_forwarding (read)").stdout)
+        if "end" not in sec:
+            raise AnsibleActionFail("ip_forwarding: the device's output was cut short")
+        before = {SYSCTLS[f]: sec.get(f"v{f}", "").strip() for f in families}
+        for name, value in before.items():
+            if value not in ("0", "1", "2"):
+                raise AnsibleActionFail(f"cannot read {proc_path(name)} on the device: {value!r}")
+        to_write = [f for f in families if before[SYSCTLS[f]] != "1"]
+        file_stale = bool(target) and sec.get("file", "").strip() != want_text.strip()
+        link_target = f"../init.d/{target.rsplit('/', 1)[-1]}" if target else ""
+        stale_links = [link for i, link in enumerate(links) if sec.get(f"link{i}", "").strip() != link_target]
+        changed = bool(to_write or file_stale or stale_links)
+        result.update(
+            changed=changed,
+            sysctls=[SYSCTLS[f] for f in families],
+            enabled=[SYSCTLS[f] for f in to_write],
+            persisted_in=target or None,
+        )
+        if self._task.diff and changed:
+            result["diff"] = {
+                "before": "".join(f"{k} = {v}\n" for k, v in before.items()) + sec.get("file", ""),
+                "after": "".join(f"{k} = 1\n" for k in before) + want_text,
+            }
+        if not changed or self._task.check_mode:
+            return result
+
+        script = "set -e\n"
+        for f in to_write:
+            path = proc_path(SYSCTLS[f])
+            script += f'echo 1 > {path}\n[ "$(cat {path})" = 1 ]\n'
+        if file_stale:
+            tmp_path = f"{target}.fleetmesh-tmp"
+            script += (
+                f'mkdir -p "$(dirname {sh_quote(target)})"\n'
+                f"printf '%s' {sh_quote(want_text)} > {sh_quote(tmp_path)}\n"
+                # A boot script is checked before it goes live: a broken one would stop the device's boot.
+                + (f"sh -n {sh_quote(tmp_path)}\nchmod 755 {sh_quote(tmp_path)}\n" if persist == "rc_script" else "")
+                + f"mv -f {sh_quote(tmp_path)} {sh_quote(target)}\n"
+            )
+        for link in stale_links:
+            script += f'mkdir -p "$(dirname {sh_quote(link)})"\nln -sf {sh_quote(link_target)} {sh_quote(link)}\n'
+        done = run_script(self, script, "ip_forwarding (write)")
+        if done.rc != 0:
+            raise AnsibleActionFail(
+                f"could not enable forwarding {[SYSCTLS[f] for f in to_write]} or persist it in {target or '-'}: "
+                f"{(done.stdout + done.stderr).strip()[:800]}"
+            )
+        return result
