@@ -9,7 +9,7 @@ version_added: 0.1.0
 description:
   - Logs in over telnet (busybox C(telnetd) with C(login), or a telnetd that gives a shell at once) and runs
     commands in a POSIX shell. No Python is needed on the device.
-  - After login the shell gets an empty prompt, C(stty -echo -onlcr) and no line editing; each command is framed
+  - After login the shell gets an empty prompt, C(stty -echo -opost) and no line editing; each command is framed
     with random markers, so stdout (exact bytes, no trailing newline added) and the real exit status come back
     whatever the command prints. Commands run in a subshell with stdin from C(/dev/null).
   - B(stderr) is captured separately through a per-session temp file on the device and returned as stderr; only

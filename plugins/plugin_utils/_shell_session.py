@@ -6,7 +6,7 @@ Pure Python with no Ansible import, because the persistent session daemon (_sess
 process of its own. What it does:
 
 - login: answers login/password prompts found by regexes, waits for a shell prompt, then puts the shell in a known
-  state (empty PS1/PS2, `stty -echo -onlcr` so typed text is not echoed and output bytes pass untranslated);
+  state (empty PS1/PS2, `stty -echo -opost` so typed text is not echoed and output bytes pass untranslated);
 - framing: every command is typed as `C='...'` lines (each well below busybox ash's ~1 KiB line limit) and run as
   `( eval "$C" )` between markers made of a fresh random token, so stdout and the real exit status come back
   exactly whatever the output holds; stderr goes to a per-session temp file on the device and comes back after
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -29,7 +30,7 @@ import select
 import socket
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 # Typed lines stay well below busybox ash's 1024-byte line editing buffer and the tty's 4095-byte canonical limit.
 MAX_LINE = 768
@@ -59,6 +60,10 @@ class LoginError(SessionError):
 
 class SessionLost(SessionError):
     """The stream ended while a command ran: it may have run partly."""
+
+    def __init__(self, msg: str, started: bool = True) -> None:
+        super().__init__(msg)
+        self.started = started  # False: the shell never printed the start marker, so the command never ran
 
 
 class CommandTimeout(SessionError):
@@ -114,7 +119,7 @@ class Capabilities:
     md5: bool = False
     wget: bool = False
     od: bool = False
-    raw_output: bool = False  # stty -onlcr took: output bytes arrive untranslated
+    raw_output: bool = False  # stty -opost took: output bytes arrive untranslated
 
 
 # ----------------------------------------------------------------------------------------------- quoting/framing
@@ -271,10 +276,8 @@ class ShellSession:
 
     def _drop(self) -> None:
         if self.stream is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self.stream.close()
-            except OSError:
-                pass
         self.stream = None
         self.buf.clear()
 
@@ -338,7 +341,7 @@ class ShellSession:
         """Known shell state, then a marker round trip proves the shell reads us; then probe the device."""
         token = secrets.token_hex(8)
         line = (
-            "stty -echo -onlcr 2>/dev/null; PS1=''; PS2=''; PS4=''; unset PROMPT_COMMAND HISTFILE; "
+            "stty -echo -opost 2>/dev/null; PS1=''; PS2=''; PS4=''; unset PROMPT_COMMAND HISTFILE; "
             f"printf '%s\\n' {split_marker(token + 'R')}\n"
         )
         self._send(line.encode())
@@ -376,14 +379,22 @@ class ShellSession:
         limit = self.command_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit if limit else None
         self.commands += 1
+        try:
+            return self._run_framed(cmd, deadline=deadline)
+        except SessionLost as err:
+            if err.started:
+                raise
+        # The device dropped the session just before this command (its end had not reached us yet): the command
+        # never started, so it is safe to log in again and run it once more.
+        self.log("session dropped before the command started: logging in again")
+        self.open()
         return self._run_framed(cmd, deadline=deadline)
 
     def _run_framed(
         self,
         cmd: bytes,
         deadline: float | None,
-        stdin_chunks: list[bytes] | None = None,
-        stdin_iter: Callable[[], bytes | None] | None = None,
+        stdin_iter: Chunker | None = None,
     ) -> Result:
         token = secrets.token_hex(8)
         typed = frame_command(cmd, token, self.err_file, stdin_tty=stdin_iter is not None)
@@ -406,10 +417,13 @@ class ShellSession:
             self._drop()
             raise CommandTimeout("the command did not finish in time; the session was closed") from None
         except (EOFError, OSError) as err:
+            started = re.search(re.escape(token.encode()) + rb"B\r?\n", self.buf) is not None
             self._drop()
-            raise SessionLost(f"the connection was lost while the command ran (it may have run partly): {err}") from None
+            raise SessionLost(
+                f"the connection was lost while the command ran (it may have run partly): {err}", started
+            ) from None
 
-    def _pump(self, produce: Callable[[], bytes | None]) -> None:
+    def _pump(self, produce: Chunker) -> None:
         """Type produced data into the command's stdin, reading what comes back meanwhile (echo may be on)."""
         assert self.stream is not None
         fd = self.stream.fileno()
@@ -418,6 +432,8 @@ class ShellSession:
             # Drain without blocking so an echoing tty can never deadlock us against a full socket buffer.
             while select.select([fd], [], [], 0)[0]:
                 data = self.stream.recv(0)
+                if data is None:
+                    break  # only telnet negotiation was readable
                 if not data:
                     raise EOFError("stream closed during upload")
                 self.bytes_received += len(data)
@@ -457,7 +473,7 @@ class ShellSession:
         check = (
             f"h=$({tool} {shell_quote(tmp)}) || exit 4; h=${{h%% *}}; "
             f'if [ "$h" = {digest} ]; then mv -f {shell_quote(tmp)} {shell_quote(remote)}; '
-            f"else rm -f {shell_quote(tmp)}; echo \"{algo} mismatch: device has $h, expected {digest}\" >&2; exit 3; fi"
+            f'else rm -f {shell_quote(tmp)}; echo "{algo} mismatch: device has $h, expected {digest}" >&2; exit 3; fi'
         )
         if method == "http":
             assert http is not None
@@ -481,11 +497,11 @@ class ShellSession:
             if method == "base64":
                 # If the decoder dies early (disk full), cat swallows the rest so no data line reaches the shell.
                 cmd = f"base64 -d > {shell_quote(tmp)} || {{ cat > /dev/null; exit 4; }}; {check}"
-                produce = _chunker(src, INLINE_CHUNK, lambda d: base64.b64encode(d) + b"\n")
+                produce = Chunker(src, INLINE_CHUNK, lambda d: base64.b64encode(d) + b"\n")
             elif method == "uudecode":
                 # uudecode stops at its ==== line: cat then reads up to our ^D, which must not reach the shell.
                 cmd = f"uudecode -o {shell_quote(tmp)}; r=$?; cat > /dev/null; [ $r = 0 ] || exit 4; {check}"
-                produce = _chunker(
+                produce = Chunker(
                     src,
                     INLINE_CHUNK,
                     lambda d: base64.b64encode(d) + b"\n",
@@ -494,12 +510,20 @@ class ShellSession:
                 )
             else:
                 cmd = (
-                    f": > {shell_quote(tmp)} || exit 4; while IFS= read -r l; do printf \"$l\"; done >> {shell_quote(tmp)}; "
-                    f"{check}"
+                    f": > {shell_quote(tmp)} || exit 4; "
+                    f'while IFS= read -r l; do printf "$l"; done >> {shell_quote(tmp)}; {check}'
                 )
-                produce = _chunker(src, PRINTF_CHUNK, lambda d: "".join(f"\\{b:03o}" for b in d).encode() + b"\n")
+                produce = Chunker(src, PRINTF_CHUNK, lambda d: "".join(f"\\{b:03o}" for b in d).encode() + b"\n")
             self.commands += 1
-            result = self._run_framed(cmd.encode(), deadline=None, stdin_iter=produce)
+            try:
+                result = self._run_framed(cmd.encode(), deadline=None, stdin_iter=produce)
+            except SessionLost as err:
+                if err.started:
+                    raise
+                self.log("session dropped before the upload started: logging in again")
+                self.open()
+                produce = produce.restart()
+                result = self._run_framed(cmd.encode(), deadline=None, stdin_iter=produce)
         _raise_transfer(result, "put", remote, method)
         return method
 
@@ -511,7 +535,7 @@ class ShellSession:
                 if getattr(self.caps, name):
                     return name
             return "printf"
-        if method != "http" and method != "printf" and not getattr(self.caps, method):
+        if method not in {"http", "printf"} and not getattr(self.caps, method):
             raise TransferError(f"transfer method {method} is not available on the device")
         if method == "http" and not http_possible:
             raise TransferError("transfer method http needs a controller address the device can reach")
@@ -530,7 +554,9 @@ class ShellSession:
             method, dump = "od", f"od -An -v -tx1 {q}"
         else:
             raise TransferError("the device has none of base64, uuencode or od: cannot fetch files")
-        result = self.run(f"[ -r {q} ] || {{ echo 'no such readable file' >&2; exit 2; }}; {tool} {q} && {dump}".encode())
+        result = self.run(
+            f"[ -r {q} ] || {{ echo 'no such readable file' >&2; exit 2; }}; {tool} {q} && {dump}".encode()
+        )
         _raise_transfer(result, "fetch", remote, method)
         head, _, body = result.stdout.partition(b"\n")
         expected = head.split(b" ", 1)[0].decode(errors="replace").strip()
@@ -552,7 +578,9 @@ class ShellSession:
 
 # Runs once per login: writable temp dir and the tools transfers need, each tried for real (a busybox applet may
 # be configured out although `command -v` finds a symlink).
-PROBE = r"""for d in "$TMPDIR" /tmp /var/tmp /dev/shm /run /data; do [ -n "$d" ] && [ -d "$d" ] && [ -w "$d" ] && { echo "tmp=$d"; break; }; done
+PROBE = r"""for d in "$TMPDIR" /tmp /var/tmp /dev/shm /run /data; do
+  [ -n "$d" ] && [ -d "$d" ] && [ -w "$d" ] && { echo "tmp=$d"; break; }
+done
 [ "$(printf 'QQ==\n' | base64 -d 2>/dev/null)" = A ] && echo base64=1
 [ "$(printf 'begin-base64 644 -\nQQ==\n====\n' | uudecode -o /dev/stdout 2>/dev/null)" = A ] && echo uudecode=1
 printf A | uuencode -m x 2>/dev/null | grep -q QQ== && echo uuencode=1
@@ -571,25 +599,33 @@ def _file_digest(path: str, algo: str) -> str:
     return digest.hexdigest()
 
 
-def _chunker(src, size: int, encode: Callable[[bytes], bytes], head: bytes = b"", tail: bytes = b"") -> Callable[[], bytes | None]:  # type: ignore[no-untyped-def]
-    """A producer of ~64 KiB batches of encoded lines, head first and tail last, then None."""
-    state = {"head": head, "done": False}
+class Chunker:
+    """Produces ~64 KiB batches of encoded lines from a file, head first and tail last, then None."""
 
-    def produce() -> bytes | None:
-        if state["done"]:
+    def __init__(
+        self, src: BinaryIO, size: int, encode: Callable[[bytes], bytes], head: bytes = b"", tail: bytes = b""
+    ) -> None:
+        self.src, self.size, self.encode, self.head, self.tail = src, size, encode, head, tail
+        self.pending_head = head
+        self.done = False
+
+    def restart(self) -> Chunker:
+        self.src.seek(0)
+        return Chunker(self.src, self.size, self.encode, self.head, self.tail)
+
+    def __call__(self) -> bytes | None:
+        if self.done:
             return None
-        out = bytearray(state["head"])
-        state["head"] = b""
+        out = bytearray(self.pending_head)
+        self.pending_head = b""
         while len(out) < 65536:
-            block = src.read(size)
+            block = self.src.read(self.size)
             if not block:
-                state["done"] = True
-                out += tail
+                self.done = True
+                out += self.tail
                 break
-            out += encode(block)
+            out += self.encode(block)
         return bytes(out)
-
-    return produce
 
 
 def _raise_transfer(result: Result, verb: str, path: str, method: str) -> None:
