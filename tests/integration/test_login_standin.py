@@ -40,7 +40,7 @@ pytestmark = [
 class Node:
     """A stand-in tailscaled on this host, with its own socket, state, logs and lab-switch dirs under root."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *daemon_flags: str) -> None:
         self.root = root
         for sub in ("bin", "ctl", "logs", "run", "state", "tmp"):
             (root / sub).mkdir(parents=True)
@@ -55,7 +55,7 @@ class Node:
         self.socket = str(root / "run" / "tailscaled.sock")
         self.daemon = subprocess.Popen(
             [str(root / "bin" / "tailscaled"), f"--socket={self.socket}", f"--statedir={root}/state",
-             "--tun=userspace-networking"],
+             "--tun=userspace-networking", *daemon_flags],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -222,3 +222,30 @@ def test_key_never_in_vvv_output_process_list_or_disk(node: Node, tmp_path: Path
     leaks = [str(p) for p in node.root.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
     assert leaks == []
     assert list((node.root / "tmp").iterdir()) == []
+
+
+def test_config_mode_renders_the_file_atomically_0600_and_tailscaled_applies_it(node: Node, tmp_path: Path) -> None:
+    conf = node.root / "state" / "tailscaled.conf"
+    variables = {"login_mode": "config", "login_config_path": str(conf), "login_hostname": "fromconf"}
+    rc, out, res = run_login(node, tmp_path, **variables)
+    assert rc == 0, out
+    assert res["changed"] and res["config_path"] == str(conf)
+    assert conf.stat().st_mode & 0o777 == 0o600
+    text = conf.read_text()
+    assert KEY not in text
+    assert json.loads(text) == {"Version": "alpha0", "Locked": False, "Enabled": True, "Hostname": "fromconf",
+                                "AcceptDNS": False}  # fmt: skip
+    assert run_login(node, tmp_path, **variables)[2]["changed"] is False
+    assert not list(conf.parent.glob("*.fleetmesh-tmp"))
+    # tailscaled started with --config=FILE (as the boot role will) takes the prefs from it.
+    node.stop()
+    configured = Node(tmp_path / "configured", f"--config={conf}")
+    try:
+        prefs = configured.prefs()
+        assert (prefs["Hostname"], prefs["CorpDNS"]) == ("fromconf", False)
+        # The key is not in the file: the first login is the CLI mode's `up` with the key file; prefs already match.
+        rc, out, res = run_login(configured, tmp_path, login_hostname="fromconf")
+        assert rc == 0, out
+        assert res["command"] == "up" and res["backend_state"] == "Running"
+    finally:
+        configured.stop()
