@@ -9,6 +9,7 @@ the persistent session daemon uses it too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -69,9 +70,7 @@ class OneShotServer:
         self.served = sent == self.size
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # never connected
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self.sock.close()
         self._thread.join(timeout=5)

@@ -15,6 +15,7 @@ that carry output.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -91,10 +92,8 @@ def serve(cfg: dict[str, Any], session: _shell_session.ShellSession, listener: s
                 return
             reply, payload = handle(session, cfg, req)
             reply["len"] = len(payload)
-            try:
+            with contextlib.suppress(OSError):  # the task died (Ctrl-C); the session itself is still good
                 conn.sendall(json.dumps(reply).encode() + b"\n" + payload)
-            except OSError:
-                pass  # the task died (Ctrl-C); the session itself is still good
 
 
 def main() -> int:
@@ -106,10 +105,8 @@ def main() -> int:
     except _shell_session.SessionError as err:
         print(json.dumps({"error": type(err).__name__, "msg": str(err)}), flush=True)
         return 1
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)  # the socket is a root shell on the device: only our user may connect
     try:
@@ -129,10 +126,8 @@ def main() -> int:
     finally:
         listener.close()
         for leftover in (path, f"{path}.pid"):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
-            except FileNotFoundError:
-                pass
         session.close()
     return 0
 

@@ -7,6 +7,7 @@ in teardown.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -76,12 +77,18 @@ def stop_sessions(path: Path) -> None:
                 client.sendall(b'{"op": "stop"}\n')
                 client.recv(100)
         except OSError:
-            pass
+            pass  # already gone
     for pidfile in path.glob("*.pid"):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             os.kill(int(pidfile.read_text()), signal.SIGTERM)
-        except (OSError, ValueError):
-            pass
+
+
+@pytest.fixture
+def own_cp(tmp_path: Path) -> Iterator[Path]:
+    """A control dir for one test; its background sessions are stopped in teardown."""
+    path = own_cp
+    yield path
+    stop_sessions(path)
 
 
 def session_stats(path: Path) -> list[dict[str, Any]]:
@@ -202,15 +209,12 @@ def stripped_device(spare_devices: list[Any]) -> Any:
 
 
 @pytest.mark.parametrize(
-    ("profile", "put_method", "fetch_method"),
-    [(NO_BASE64_PROFILE, "uudecode", "uuencode"), (NO_DECODERS_PROFILE, "printf", "od")],
+    "case", [(NO_BASE64_PROFILE, "uudecode", "uuencode"), (NO_DECODERS_PROFILE, "printf", "od")], ids=["uu", "printf"]
 )
-def test_device_without_base64(
-    stripped_device: Any, tmp_path: Path, profile: str, put_method: str, fetch_method: str
-) -> None:
+def test_device_without_base64(stripped_device: Any, own_cp: Path, tmp_path: Path, case: tuple[str, str, str]) -> None:
+    profile, put_method, fetch_method = case
     lab.exec_(stripped_device.name, ["sh", "-c", "cat >> /etc/profile"], input=profile)
-    control = tmp_path / "cp"
-    conn = connect(stripped_device.address, control, persistent=False, transfer_method="auto")
+    conn = connect(stripped_device.address, own_cp, persistent=False, transfer_method="auto")
     assert conn.exec_command("base64 -d </dev/null")[0] == 127
     src = tmp_path / "small.bin"
     src.write_bytes(bytes(range(256)) * 40)  # below the HTTP threshold: typed through the shell
@@ -220,8 +224,9 @@ def test_device_without_base64(
     back = tmp_path / "back.bin"
     conn.fetch_file("/tmp/small.bin", str(back))
     assert back.read_bytes() == src.read_bytes()
+    session = conn._local_session  # pylint: disable=protected-access
+    assert session.fetch("/tmp/small.bin", str(back)) == fetch_method
     conn.close()
-    del fetch_method
 
 
 # ----------------------------------------------------------------------------------------------- login failures
@@ -253,9 +258,9 @@ def test_no_prompt_within_timeout(devices: dict[str, Any], tmp_path: Path) -> No
         conn.exec_command("true")
 
 
-def test_checksum_mismatch_keeps_the_old_file(stripped_device: Any, tmp_path: Path) -> None:
+def test_checksum_mismatch_keeps_the_old_file(stripped_device: Any, own_cp: Path, tmp_path: Path) -> None:
     lab.exec_(stripped_device.name, ["sh", "-c", "cat >> /etc/profile"], input=LYING_SHA256_PROFILE)
-    conn = connect(stripped_device.address, tmp_path / "cp", persistent=False, transfer_method="base64")
+    conn = connect(stripped_device.address, own_cp, persistent=False, transfer_method="base64")
     conn.exec_command("echo old > /tmp/keep.txt")
     src = tmp_path / "new.txt"
     src.write_text("new\n")
@@ -265,18 +270,18 @@ def test_checksum_mismatch_keeps_the_old_file(stripped_device: Any, tmp_path: Pa
     conn.close()
 
 
-def test_colour_banner_and_prompt(stripped_device: Any, tmp_path: Path) -> None:
+def test_colour_banner_and_prompt(stripped_device: Any, own_cp: Path) -> None:
     lab.exec_(stripped_device.name, ["sh", "-c", "cat > /etc/motd"], input=COLOUR_MOTD)
     lab.exec_(stripped_device.name, ["sh", "-c", "cat >> /etc/profile"], input=COLOUR_PS1)
-    conn = connect(stripped_device.address, tmp_path / "cp")
+    conn = connect(stripped_device.address, own_cp)
     assert conn.exec_command("echo logged-in") == (0, b"logged-in\n", b"")
 
 
 # ------------------------------------------------------------------------------------------------- persistence
 
 
-def test_session_dying_between_tasks_is_reestablished(devices: dict[str, Any], tmp_path: Path) -> None:
-    control = tmp_path / "cp"
+def test_session_dying_between_tasks_is_reestablished(devices: dict[str, Any], own_cp: Path) -> None:
+    control = own_cp
     conn = connect(devices[SV].address, control)
     shell_pid = conn.exec_command("echo $$")[1].strip().decode()
     assert conn.session_stats()["logins"] == 1
@@ -332,8 +337,8 @@ def _playbook(tmp_path: Path, hosts: dict[str, str], tasks: int, control: Path, 
     return proc.stdout
 
 
-def test_ten_devices_with_forks_one_login_each(tmp_path: Path) -> None:
-    control = tmp_path / "cp"
+def test_ten_devices_with_forks_one_login_each(tmp_path: Path, own_cp: Path) -> None:
+    control = own_cp
     try:
         hosts = {name: _up(name, "sysvinit").address for name in FLEET}
         out = _playbook(tmp_path, hosts, tasks=20, control=control, forks=10)
