@@ -143,6 +143,15 @@ def adbd(start_adbd: Callable[..., Adbd], client: AdbClient) -> Adbd:
 # ------------------------------------------------------------------------------------------------ raw protocol
 
 
+def _running(pid: int) -> bool:
+    """True while pid exists and is not a zombie (it may vanish while we read)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 class RawClient:
     """A bare ADB peer on a socket, for what the adb client never sends (oversized messages, abrupt closes)."""
 
@@ -220,11 +229,11 @@ def test_abrupt_disconnect_hangs_up_the_shell_and_adbd_survives(adbd: Adbd, root
         assert time.monotonic() < deadline, "the shell never ran"
         time.sleep(0.05)
     pid = int(pid_file.read_text())
-    assert Path(f"/proc/{pid}").exists()
+    assert _running(pid)
     raw.sock.shutdown(socket.SHUT_RDWR)  # the client vanishes without CLSE
     raw.close()
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]:
+    while _running(pid):
         assert time.monotonic() < deadline, "the shell of a vanished client is still running"
         time.sleep(0.05)
     assert adbd.proc.poll() is None
