@@ -11,11 +11,11 @@ round trip broke. It never appears in a command line, the result, or an error (o
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tempfile
 import typing as t
 
-import netaddr
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import (
@@ -25,6 +25,7 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script
 )
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._prefs import (
     AUTH_KEY_PLACEHOLDER,
+    TAILNET_RANGES,
     Plan,
     PrefsError,
     desired_flags,
@@ -62,8 +63,6 @@ ARGUMENT_SPEC: dict[str, t.Any] = {
     "connection_address": {"type": "str"},
     "allow_reauth_over_tailnet": {"type": "bool", "default": False},
 }
-# Tailscale's address ranges: a controller reaching the device at one of these rides on the tailnet itself.
-TAILNET_RANGES = ("100.64.0.0/10", "fd7a:115c:a1e0::/48")
 
 
 def over_tailnet(address: str | None) -> bool:
@@ -74,10 +73,10 @@ def over_tailnet(address: str | None) -> bool:
     if host.count(":") == 1:  # host:port (adb serials)
         host = host.split(":", 1)[0]
     try:
-        ip = netaddr.IPAddress(host)
-    except (netaddr.AddrFormatError, ValueError):
+        ip = ipaddress.ip_address(host)
+    except ValueError:
         return False
-    return any(ip in netaddr.IPNetwork(net) for net in TAILNET_RANGES)
+    return any(ip in ipaddress.ip_network(net) for net in TAILNET_RANGES)
 
 
 def redact(text: str, secret: str | None) -> str:

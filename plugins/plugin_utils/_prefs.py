@@ -23,12 +23,17 @@ import json
 import typing as t
 from dataclasses import dataclass, field
 
-import netaddr
+try:
+    import netaddr
+except ImportError:  # a controller without netaddr fails with a clear message when routes are validated
+    netaddr = None
 
 DEFAULT_CONTROL_URL = "https://controlplane.tailscale.com"
 # up.go treats these two as the same server (isLoginServerSynonym).
 LOGIN_SYNONYMS = frozenset({DEFAULT_CONTROL_URL, "https://login.tailscale.com"})
 EXIT_ROUTES = ("0.0.0.0/0", "::/0")
+# Tailscale's address ranges: a controller reaching a device at one of these rides on the tailnet itself.
+TAILNET_RANGES = ("100.64.0.0/10", "fd7a:115c:a1e0::/48")
 NETFILTER_MODES = {0: "off", 1: "nodivert", 2: "on"}
 # Backend states in which the node has no usable login: only then (or for a server/tags change) is the key used.
 LOGIN_STATES = frozenset({"NeedsLogin", "NoState", ""})
@@ -76,13 +81,19 @@ class PrefsError(ValueError):
     """Desired state that cannot be applied (bad route, bad tag, ...): raised before anything touches a device."""
 
 
+def require_netaddr() -> None:
+    if netaddr is None:
+        raise PrefsError("validating routes needs the netaddr Python library on the controller (pip install netaddr)")
+
+
 def normalize_routes(routes: t.Iterable[t.Any]) -> list[str]:
     """Validate subnet routes and return them canonical and sorted as Tailscale stores them.
 
     Fails on a bad CIDR, a bare address, host bits set, duplicates, overlapping routes and the exit routes (those
     are `advertise_exit_node`), so a bad list is refused before any change.
     """
-    nets: list[netaddr.IPNetwork] = []
+    require_netaddr()
+    nets: list[t.Any] = []
     for raw in routes:
         text = str(raw).strip()
         if "/" not in text:
@@ -108,6 +119,7 @@ def normalize_routes(routes: t.Iterable[t.Any]) -> list[str]:
 
 def route_families(routes: t.Iterable[str]) -> list[int]:
     """IP versions present in a (validated) route list, e.g. [4] or [4, 6]."""
+    require_netaddr()
     return sorted({netaddr.IPNetwork(r).version for r in routes})
 
 
