@@ -378,7 +378,7 @@ def test_two_streams_at_once_on_one_client(adbd: Adbd, client: AdbClient, rootfs
     reader = client.popen("-s", adbd.serial, "shell", "read x < /tmp/fifo1; echo got $x")
     try:
         writer = client.run("-s", adbd.serial, "shell", "echo ping > /tmp/fifo1; echo sent", timeout=30)
-        out, _ = reader.communicate(timeout=30)
+        out = reader.communicate(timeout=30)[0]
     finally:
         reader.kill()
         reader.wait()
@@ -397,7 +397,7 @@ def test_two_clients_at_once(adbd: Adbd, client: AdbClient, rootfs: Path) -> Non
         reader = client.popen("-s", adbd.serial, "shell", "read x < /tmp/fifo2; echo got $x")
         try:
             writer = other.run("-s", adbd.serial, "shell", "echo pong > /tmp/fifo2; echo sent", timeout=30)
-            out, _ = reader.communicate(timeout=30)
+            out = reader.communicate(timeout=30)[0]
         finally:
             reader.kill()
             reader.wait()
@@ -428,7 +428,7 @@ class Terminal:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"{text!r} not seen; got {self.seen!r}")
-            ready, _, _ = select.select([self.fd], [], [], left)
+            ready = select.select([self.fd], [], [], left)[0]
             if ready:
                 try:
                     chunk = os.read(self.fd, 4096)
@@ -437,7 +437,7 @@ class Terminal:
                 if not chunk:
                     raise AssertionError(f"adb shell ended before {text!r}; got {self.seen!r}")
                 self.seen += chunk
-        before, _, self.seen = self.seen.partition(text)
+        before, _sep, self.seen = self.seen.partition(text)
         return before
 
     def send(self, line: str) -> None:
@@ -451,7 +451,7 @@ class Terminal:
             if done:
                 os.close(self.fd)
                 return os.waitstatus_to_exitcode(status)
-            with_data, _, _ = select.select([self.fd], [], [], 0.1)
+            with_data = select.select([self.fd], [], [], 0.1)[0]
             if with_data:
                 with contextlib.suppress(OSError):
                     os.read(self.fd, 4096)

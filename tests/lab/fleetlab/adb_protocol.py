@@ -108,8 +108,8 @@ def decode(raw: bytes, max_data: int = MAX_PAYLOAD_V1, version: int = A_VERSION_
 def parse_banner(data: bytes) -> tuple[str, dict[str, str]]:
     """'host::features=a,b' -> ('host', {'features': 'a,b'}); properties are ';'-separated (or -terminated)."""
     text = data.rstrip(b"\0").decode("utf-8", "replace")
-    kind, _, rest = text.partition(":")
-    _, _, props = rest.partition(":")
+    kind, rest = text.split(":", 1) if ":" in text else (text, "")
+    props = rest.split(":", 1)[1] if ":" in rest else ""
     result: dict[str, str] = {}
     for prop in props.split(";"):
         key, sep, value = prop.partition("=")

@@ -355,13 +355,13 @@ def _pump_output(stream: Stream, master: int, pid: int, state: dict[str, bool], 
         with lock:
             if state["reaped"]:
                 return True
-            done, _ = os.waitpid(pid, os.WNOHANG)
+            done = os.waitpid(pid, os.WNOHANG)[0]
             if done:
                 state["reaped"] = True
             return bool(done)
 
     while not stream.closed.is_set():
-        ready, _, _ = select.select([master], [], [], 0.2)
+        ready = select.select([master], [], [], 0.2)[0]
         if ready:
             try:
                 data = os.read(master, stream.conn.max_payload)
@@ -374,7 +374,7 @@ def _pump_output(stream: Stream, master: int, pid: int, state: dict[str, bool], 
     # The shell exited (old adbd closed the stream then): send what it left in the pty, then stop, even if a
     # background child still holds the terminal.
     while not stream.closed.is_set():
-        ready, _, _ = select.select([master], [], [], 0.05)
+        ready = select.select([master], [], [], 0.05)[0]
         if not ready:
             return
         try:
