@@ -18,7 +18,9 @@ description:
   - B(One login per host per run). The first task starts a small background process that owns the telnet session
     and answers on a unix socket in O(control_path_dir), like ssh's ControlPersist; later tasks reuse it. It exits
     after O(persist_timeout) idle seconds or on a C(reset_connection) meta task. A session the device dropped is
-    re-established before the next command; a command cut mid-way fails with UNREACHABLE.
+    re-established before the next command (also when the drop only shows as the command is sent; a command whose
+    start marker never came back never ran, so it is sent again after a fresh login); a command cut mid-way fails
+    with UNREACHABLE and is not retried. There is one background session per host, port and user.
   - B(Files) are written to a temp name and renamed into place only after the device's C(sha256sum) matches the
     controller's (C(md5sum) when the device lacks sha256sum, said at -vvv). O(transfer_method=auto) lets the device
     pull the file from a one-shot HTTP server on the controller (random path, only that file, closed after) with
@@ -170,28 +172,26 @@ options:
 """
 
 EXAMPLES = r"""
-# inventory (YAML): a Kobo in developer mode (root, no password) and a box with a password
-all:
-  children:
-    kobo:
-      hosts:
-        kobo-sage:
-          ansible_host: 192.0.2.20
-      vars:
-        ansible_connection: fleetmesh.tailscale.telnet
-    sysvinit:
-      hosts:
-        router1:
-          ansible_host: 192.0.2.30
-          ansible_password: "{{ vault_router1_password }}"
-          fleetmesh_shell_prompt_re: '\]\s*$'   # a prompt like [root@router1 /]
-      vars:
-        ansible_connection: fleetmesh.tailscale.telnet
-        fleetmesh_telnet_transfer_method: base64  # the device cannot reach the controller
+# Inventory (YAML), a Kobo in developer mode (root, no password) and a box with a password:
+#   all:
+#     children:
+#       kobo:
+#         hosts:
+#           kobo-sage: {ansible_host: 192.0.2.20}
+#         vars:
+#           ansible_connection: fleetmesh.tailscale.telnet
+#       sysvinit:
+#         hosts:
+#           router1:
+#             ansible_host: 192.0.2.30
+#             ansible_password: "{{ vault_router1_password }}"
+#             fleetmesh_shell_prompt_re: '\]\s*$'    # a prompt like [root@router1 /]
+#         vars:
+#           ansible_connection: fleetmesh.tailscale.telnet
+#           fleetmesh_telnet_transfer_method: base64  # the device cannot reach the controller
 
-# playbook
-- name: Look at a telnet-only device
-  hosts: kobo
+- name: Look at telnet-only devices
+  hosts: kobo:sysvinit
   gather_facts: false
   tasks:
     - name: Kernel and architecture
@@ -230,7 +230,6 @@ class Connection(ConnectionBase):
     transport = "fleetmesh.tailscale.telnet"
     has_pipelining = False
     has_tty = True
-    module_implementation_preferences = (".sh", "")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -295,7 +294,8 @@ class Connection(ConnectionBase):
         """Reuse the host's background session, or start one (under a lock: forks may race for the same host)."""
         import fcntl  # pylint: disable=import-outside-toplevel  # POSIX only, like the rest of this plugin
 
-        assert self._socket_path is not None
+        if self._socket_path is None:
+            raise AnsibleError("telnet: no control socket path (internal error)")
         with open(f"{self._socket_path}.lock", "a", encoding="ascii") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -314,7 +314,8 @@ class Connection(ConnectionBase):
                 start_new_session=True,
                 close_fds=True,
             )
-            assert proc.stdin is not None and proc.stdout is not None
+            if proc.stdin is None or proc.stdout is None:
+                raise AnsibleError("telnet: could not talk to the session process")
             # Settings, password included, go through the pipe: never on a command line.
             proc.stdin.write(json.dumps({**cfg, "socket_path": self._socket_path}).encode() + b"\n")
             proc.stdin.close()
@@ -330,7 +331,8 @@ class Connection(ConnectionBase):
             self._vvv(f"background session {reply['pid']} logged in")
 
     def _daemon_call(self, req: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        assert self._socket_path is not None
+        if self._socket_path is None:
+            raise ConnectionRefusedError("no background session")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.connect(self._socket_path)
             sock.sendall(json.dumps(req).encode() + b"\n")
@@ -343,7 +345,8 @@ class Connection(ConnectionBase):
             return reply, payload
 
     def _local_call(self, req: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        assert self._local_session is not None
+        if self._local_session is None:
+            raise AnsibleError("telnet: no session (internal error)")
         cfg = self._config()
         return _session_daemon.handle(self._local_session, cfg, req)
 
@@ -362,7 +365,10 @@ class Connection(ConnectionBase):
 
     def _unwrap(self, reply: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
         for msg in reply.get("log", ()):
-            self._vvv(msg)
+            if msg.startswith("warning: "):
+                display.warning(f"telnet {self.get_option('remote_addr')}: {msg[9:]}")
+            else:
+                self._vvv(msg)
         if "error" not in reply:
             return reply, payload
         where = f"{self.get_option('remote_addr')}:{self.get_option('port')}"
@@ -392,7 +398,7 @@ class Connection(ConnectionBase):
         display.vvv(f"PUT {local} TO {out_path}", host=str(self.get_option("remote_addr")))
         started = time.monotonic()
         req = {"op": "put", "local": os.path.abspath(local), "remote": str(out_path)}
-        reply, _ = self._call({**req, "method": str(self.get_option("transfer_method"))})
+        reply = self._call({**req, "method": str(self.get_option("transfer_method"))})[0]
         self._vvv(f"put {out_path} by {reply['method']} in {time.monotonic() - started:.1f}s")
 
     def fetch_file(self, in_path: str, out_path: str) -> None:

@@ -40,7 +40,7 @@ class OneShotServer:
     def _serve(self) -> None:
         try:
             while not self.served:
-                conn, _ = self.sock.accept()
+                conn = self.sock.accept()[0]
                 with conn:
                     conn.settimeout(60)
                     self._handle(conn)

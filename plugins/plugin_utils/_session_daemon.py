@@ -77,7 +77,7 @@ def serve(cfg: dict[str, Any], session: _shell_session.ShellSession, listener: s
     listener.settimeout(cfg["persist"])
     while True:
         try:
-            conn, _ = listener.accept()
+            conn = listener.accept()[0]
         except TimeoutError:
             return  # idle for `persist` seconds
         with conn:

@@ -255,18 +255,22 @@ class ShellSession:
 
     # -- low level
 
+    def _live(self) -> Stream:
+        if self.stream is None:
+            raise EOFError("no session")
+        return self.stream
+
     def _send(self, data: bytes) -> None:
-        assert self.stream is not None
-        self.stream.send(data)
+        self._live().send(data)
         self.bytes_sent += len(data)
 
     def _fill(self, deadline: float | None, what: str) -> None:
         """Read once more into buf; raise on end of stream or deadline."""
-        assert self.stream is not None
+        stream = self._live()
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             raise TimeoutError(what)
-        data = self.stream.recv(left)
+        data = stream.recv(left)
         if data is None:
             raise TimeoutError(what)
         if not data:
@@ -365,7 +369,7 @@ class ShellSession:
         if self.caps.tmp_dir:
             self.err_file = f"{self.caps.tmp_dir}/.fleetmesh-err-{secrets.token_hex(6)}"
         else:
-            self.log("no writable temp dir on the device: stderr is merged into stdout")
+            self.log("warning: no writable temp dir on the device: stderr is merged into stdout")
         self.log(f"shell ready: {self.caps}")
 
     # -- commands
@@ -425,13 +429,13 @@ class ShellSession:
 
     def _pump(self, produce: Chunker) -> None:
         """Type produced data into the command's stdin, reading what comes back meanwhile (echo may be on)."""
-        assert self.stream is not None
-        fd = self.stream.fileno()
+        stream = self._live()
+        fd = stream.fileno()
         while (chunk := produce()) is not None:
             self._send(chunk)
             # Drain without blocking so an echoing tty can never deadlock us against a full socket buffer.
             while select.select([fd], [], [], 0)[0]:
-                data = self.stream.recv(0)
+                data = stream.recv(0)
                 if data is None:
                     break  # only telnet negotiation was readable
                 if not data:
@@ -458,7 +462,7 @@ class ShellSession:
         if self.caps.sha256:
             return "sha256sum", "sha256"
         if self.caps.md5:
-            self.log("the device has no sha256sum: verifying with md5sum")
+            self.log("warning: the device has no sha256sum: transfers are verified with md5sum only")
             return "md5sum", "md5"
         raise TransferError("the device has neither sha256sum nor md5sum: cannot verify the transfer")
 
@@ -476,8 +480,7 @@ class ShellSession:
             f'else rm -f {shell_quote(tmp)}; echo "{algo} mismatch: device has $h, expected {digest}" >&2; exit 3; fi'
         )
         if method == "http":
-            assert http is not None
-            server = http(local)
+            server = http(local)  # type: ignore[misc]  # pick_put_method returns http only with a factory
             url = server.url  # type: ignore[attr-defined]
             self.log(f"device pulls {size} bytes from {url.rsplit('/', 1)[0]}/...")
             try:
@@ -558,7 +561,7 @@ class ShellSession:
             f"[ -r {q} ] || {{ echo 'no such readable file' >&2; exit 2; }}; {tool} {q} && {dump}".encode()
         )
         _raise_transfer(result, "fetch", remote, method)
-        head, _, body = result.stdout.partition(b"\n")
+        head, body = (result.stdout.split(b"\n", 1) + [b""])[:2]
         expected = head.split(b" ", 1)[0].decode(errors="replace").strip()
         if method == "uuencode":
             body = b"\n".join(body.strip().split(b"\n")[1:-1])

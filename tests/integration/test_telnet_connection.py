@@ -153,7 +153,7 @@ def test_hostile_output_comes_back_exactly(device: Any, control_dir: Path) -> No
 
 def test_one_megabyte_of_text(device: Any, control_dir: Path) -> None:
     conn = connect(device.address, control_dir)
-    rc, out, _ = conn.exec_command("i=0; while [ $i -lt 16384 ]; do printf '%063d\\n' $i; i=$((i+1)); done")
+    rc, out, _err = conn.exec_command("i=0; while [ $i -lt 16384 ]; do printf '%063d\\n' $i; i=$((i+1)); done")
     assert rc == 0
     assert len(out) == 16384 * 64
     assert out.splitlines()[-1] == b"%063d" % 16383
@@ -181,7 +181,7 @@ def test_30mb_round_trip(device: Any, control_dir: Path, payload: Path, tmp_path
     conn = connect(device.address, control_dir, transfer_method=method)
     remote = "/mnt/onboard/every-byte.bin" if device.profile == "kobo" else "/tmp/every-byte.bin"
     conn.put_file(str(payload), remote)
-    rc, out, _ = conn.exec_command(f"sha256sum {remote}; ls -a {os.path.dirname(remote)}")
+    rc, out, _err = conn.exec_command(f"sha256sum {remote}; ls -a {os.path.dirname(remote)}")
     assert rc == 0
     import hashlib  # pylint: disable=import-outside-toplevel
 

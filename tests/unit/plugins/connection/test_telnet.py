@@ -38,7 +38,7 @@ class FakeTelnetd:
     def _accept(self) -> None:
         while True:
             try:
-                conn, _ = self.sock.accept()
+                conn = self.sock.accept()[0]
             except OSError:
                 return
             self.accepted += 1
@@ -157,7 +157,7 @@ def test_persistent_session_is_shared_by_tasks(telnetd: FakeTelnetd, control_dir
 
 
 def test_non_persistent_logs_in_per_task(telnetd: FakeTelnetd, control_dir: Path) -> None:
-    for _ in range(2):
+    for _task in range(2):
         conn = telnet(control_dir, port=telnetd.port, persistent=False)
         assert conn.exec_command("echo x") == (0, b"x\n", b"")
         conn.close()
