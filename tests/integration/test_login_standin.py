@@ -249,3 +249,19 @@ def test_config_mode_renders_the_file_atomically_0600_and_tailscaled_applies_it(
         assert res["command"] == "up" and res["backend_state"] == "Running"
     finally:
         configured.stop()
+
+
+def test_needs_machine_auth_is_reported_without_failing_unless_asked(node: Node, tmp_path: Path) -> None:
+    (node.root / "ctl" / "machine-auth-required").write_text("")  # the stand-in's "tailnet requires approval"
+    rc, out, res = run_login(node, tmp_path, login_hostname="alpha", login_timeout="2s")
+    assert rc == 0, out
+    assert res["machine_auth_pending"] and res["backend_state"] == "NeedsMachineAuth"
+    assert "awaits approval by a tailnet admin" in out
+    # Already logged in: a pref change while approval is pending is a `set`, and the key is not needed.
+    rc, out, res = run_login(node, tmp_path, key="", login_hostname="beta", login_fail_on_machine_auth=True)
+    assert rc != 0 and "NeedsMachineAuth" in out
+    assert node.prefs()["Hostname"] == "beta"
+    (node.root / "ctl" / "machine-auth-required").unlink()  # the admin approves
+    rc, out, res = run_login(node, tmp_path, key="", login_hostname="beta")
+    assert rc == 0, out
+    assert res["changed"] is False and res["backend_state"] == "Running"
