@@ -370,6 +370,17 @@ def test_pull_of_a_directory_lists_it(adbd: Adbd, client: AdbClient, rootfs: Pat
     assert (tmp_path / "dir/sub/b").read_text() == "B"
 
 
+def test_push_of_a_directory(adbd: Adbd, client: AdbClient, rootfs: Path, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "top.txt").write_text("top")
+    (tree / "sub/deep.txt").write_text("deep")
+    proc = client.run("-s", adbd.serial, "push", str(tree), "/usrdata/")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (rootfs / "usrdata/tree/top.txt").read_text() == "top"
+    assert (rootfs / "usrdata/tree/sub/deep.txt").read_text() == "deep"
+
+
 def test_two_streams_at_once_on_one_client(adbd: Adbd, client: AdbClient, rootfs: Path) -> None:
     """The first command blocks on a fifo only the second one feeds: both streams must run concurrently."""
     fifo = rootfs / "tmp/fifo1"
@@ -481,6 +492,18 @@ class PipedShell(Terminal):
             self.proc.kill()
             self.proc.communicate()
         return self.proc.returncode
+
+
+def test_interactive_shell_without_login(adbd: Adbd, client: AdbClient) -> None:
+    term = Terminal(client.env, adbd.serial)
+    try:
+        term.expect(b"# ")  # straight to a root prompt: no login configured
+        term.send("echo $((6*7))")
+        term.expect(b"42\r\n")
+        term.send("exit 5")
+    finally:
+        status = term.close()
+    assert status == 0  # old adbd: not even an interactive shell's status comes back
 
 
 @pytest.fixture(scope="module")
