@@ -265,3 +265,21 @@ def test_needs_machine_auth_is_reported_without_failing_unless_asked(node: Node,
     rc, out, res = run_login(node, tmp_path, key="", login_hostname="beta")
     assert rc == 0, out
     assert res["changed"] is False and res["backend_state"] == "Running"
+
+
+def test_reauth_over_the_tailnet_is_refused_then_runs_detached_when_allowed(node: Node, tmp_path: Path) -> None:
+    assert run_login(node, tmp_path, login_hostname="alpha")[0] == 0
+    # The controller "reaches" the box at a Tailscale address (the local connection ignores ansible_host).
+    over = {"ansible_host": "100.101.102.103", "login_hostname": "alpha", "login_advertise_tags": ["tag:relay"]}
+    rc, out, _res = run_login(node, tmp_path, **over)
+    assert rc != 0 and "would cut the connection it runs on" in out
+    assert node.prefs()["AdvertiseTags"] is None
+    rc, out, res = run_login(node, tmp_path, **over, login_allow_reauth_over_tailnet=True)
+    assert rc == 0, out
+    assert res["detached"] and res["changed"]
+    deadline = time.monotonic() + 20
+    while node.prefs()["AdvertiseTags"] != ["tag:relay"] or list((node.root / "tmp").iterdir()):
+        assert time.monotonic() < deadline, "the detached up did not finish or left its key dir"
+        time.sleep(0.2)
+    assert node.status()["BackendState"] == "Running"
+    assert run_login(node, tmp_path, **over)[2]["changed"] is False
