@@ -86,7 +86,7 @@ def stop_sessions(path: Path) -> None:
 @pytest.fixture
 def own_cp(tmp_path: Path) -> Iterator[Path]:
     """A control dir for one test; its background sessions are stopped in teardown."""
-    path = own_cp
+    path = tmp_path / "cp"
     yield path
     stop_sessions(path)
 
@@ -197,7 +197,7 @@ def test_30mb_round_trip(device: Any, control_dir: Path, payload: Path, tmp_path
 def spare_devices() -> Iterator[list[Any]]:
     """Sysvinit devices each test customises (/etc/profile, motd); all up at once, so no address is reused."""
     made = [_up(f"tn-spare{i}", "sysvinit") for i in range(4)]
-    yield made
+    yield list(made)  # tests pop from this copy; teardown removes every one
     for device in made:
         lab.down(device.name)
 
