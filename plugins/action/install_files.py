@@ -70,7 +70,8 @@ def _device_path(value: str, what: str) -> str:
 class ActionModule(ActionBase):
     """Upload only what differs (sha256 on the device), rename into place, verify, then switch symlinks."""
 
-    TRANSFERS_FILES = True
+    # Files go straight to a temp name beside their destination: no remote tmp dir (saves 3 round trips).
+    TRANSFERS_FILES = False
     _supports_check_mode = True
 
     def run(self, tmp: str | None = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:

@@ -1,0 +1,176 @@
+"""install_files' device scripts, run for real under busybox ash on a temp dir (the same shell as the devices)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan import (
+    FileSpec,
+    LinkSpec,
+    Plan,
+    apply_script,
+    check_script,
+    manifest_text,
+    plan_from_output,
+    prepare_script,
+    remove_script,
+    space_errors,
+    tmp_name,
+)
+
+BUSYBOX = shutil.which("busybox")
+pytestmark = pytest.mark.skipif(BUSYBOX is None, reason="busybox (Debian busybox-static) is not installed")
+
+
+def sh(script: str) -> subprocess.CompletedProcess[str]:
+    assert BUSYBOX is not None
+    return subprocess.run([BUSYBOX, "sh", "-c", script], capture_output=True, text=True, timeout=60, check=False)
+
+
+def spec(src: Path, dest: Path, mode: str = "0755") -> FileSpec:
+    data = src.read_bytes()
+    return FileSpec(str(src), str(dest), mode, len(data), hashlib.sha256(data).hexdigest())
+
+
+def install(
+    files: list[FileSpec],
+    links: list[LinkSpec],
+    dirs: list[str],
+    manifest: str,
+    *,
+    verify: str = "",
+    stage: str = "links",
+) -> tuple[Plan, subprocess.CompletedProcess[str] | None]:
+    """The action's flow: check, plan, prepare, upload (a copy), apply. Returns the plan and the apply result."""
+    plan = plan_from_output(sh(check_script(files, links, manifest)).stdout, files, links, dirs, manifest)
+    if not plan.changed:
+        return plan, None
+    if plan.uploads:
+        assert sh(prepare_script(plan, dirs)).returncode == 0
+        for f in plan.uploads:
+            shutil.copyfile(f.src, tmp_name(f.dest))
+    body = manifest_text(files, links, dirs)
+    script = apply_script(
+        plan,
+        dirs,
+        verify=verify,
+        verify_expect="",
+        verify_stage=stage,
+        remount_root=False,
+        manifest=manifest,
+        manifest_body=body,
+    )
+    return plan, sh(script)
+
+
+@pytest.fixture
+def release(tmp_path: Path) -> dict[str, Path]:
+    ctl = tmp_path / "controller"
+    ctl.mkdir()
+    good = ctl / "good"
+    good.write_text("#!/bin/sh\necho 1.2.3\n")
+    bad = ctl / "bad"
+    bad.write_text("#!/bin/sh\necho 'cannot execute binary file: Exec format error' >&2; exit 126\n")
+    return {"good": good, "bad": bad, "dev": tmp_path / "dev"}
+
+
+def layout(dev: Path, src: Path, version: str) -> tuple[list[FileSpec], list[LinkSpec], list[str]]:
+    vdir = dev / "opt" / version
+    files = [spec(src, vdir / "tailscaled")]
+    links = [
+        LinkSpec(str(dev / "opt" / "current"), str(vdir)),
+        LinkSpec(str(dev / "bin" / "tailscaled"), str(dev / "opt/current/tailscaled")),
+    ]
+    return files, links, [str(dev / "opt"), str(dev / "bin"), str(vdir)]
+
+
+def test_fresh_install_then_noop(release: dict[str, Path]) -> None:
+    dev = release["dev"]
+    manifest = str(dev / "opt/.manifest")
+    files, links, dirs = layout(dev, release["good"], "1.2.3")
+    plan, done = install(files, links, dirs, manifest, verify=f"{dev}/opt/1.2.3/tailscaled --version", stage="files")
+    assert [f.dest for f in plan.uploads] == [str(dev / "opt/1.2.3/tailscaled")]
+    assert done is not None and done.returncode == 0, done.stdout + done.stderr
+    assert (dev / "bin/tailscaled").resolve() == (dev / "opt/1.2.3/tailscaled")
+    assert oct((dev / "opt/1.2.3/tailscaled").stat().st_mode & 0o777) == "0o755"
+    again, done = install(files, links, dirs, manifest)
+    assert not again.changed and done is None
+    assert not list(dev.rglob("*.fmtmp")) and not list(dev.rglob("*.fmbak"))
+
+
+def test_failed_verify_keeps_previous_version(release: dict[str, Path]) -> None:
+    dev = release["dev"]
+    manifest = str(dev / "opt/.manifest")
+    install(*layout(dev, release["good"], "1.2.3"), manifest)
+    files, links, dirs = layout(dev, release["bad"], "1.3.0")
+    _plan, done = install(files, links, dirs, manifest, verify=f"{dev}/opt/1.3.0/tailscaled --version", stage="files")
+    assert done is not None and done.returncode == 3
+    assert "@@verify\nrc=126\ncannot execute binary file: Exec format error" in done.stdout
+    assert Path(dev / "opt/current").resolve() == dev / "opt/1.2.3"
+    assert not (dev / "opt/1.3.0").exists()
+    assert "1.2.3/tailscaled" in (dev / "opt/.manifest").read_text()
+
+
+def test_upgrade_removes_the_old_version_listed_in_the_manifest(release: dict[str, Path]) -> None:
+    dev = release["dev"]
+    manifest = str(dev / "opt/.manifest")
+    install(*layout(dev, release["good"], "1.2.3"), manifest)
+    (dev / "opt/mine.txt").write_text("user file")
+    _plan, done = install(*layout(dev, release["good"], "1.4.0"), manifest)
+    assert done is not None and done.returncode == 0, done.stdout
+    assert not (dev / "opt/1.2.3").exists()
+    assert (dev / "opt/mine.txt").exists()
+    assert Path(dev / "bin/tailscaled").resolve() == dev / "opt/1.4.0/tailscaled"
+
+
+def test_wrong_link_and_mode_are_repaired(release: dict[str, Path]) -> None:
+    dev = release["dev"]
+    manifest = str(dev / "opt/.manifest")
+    files, links, dirs = layout(dev, release["good"], "1.2.3")
+    install(files, links, dirs, manifest)
+    (dev / "bin/tailscaled").unlink()
+    (dev / "opt/1.2.3/tailscaled").chmod(0o600)
+    plan, done = install(files, links, dirs, manifest)
+    assert plan.uploads == [] and [lk.path for lk, _ in plan.links] == [str(dev / "bin/tailscaled")]
+    assert [f.dest for f in plan.mode_fixes] == [str(dev / "opt/1.2.3/tailscaled")]
+    assert done is not None and done.returncode == 0
+    assert (dev / "bin/tailscaled").is_symlink() and (dev / "opt/1.2.3/tailscaled").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_regular_file_where_a_link_belongs_is_refused(release: dict[str, Path]) -> None:
+    dev = release["dev"]
+    files, links, dirs = layout(dev, release["good"], "1.2.3")
+    (dev / "bin").mkdir(parents=True)
+    (dev / "bin/tailscaled").write_text("someone else's")
+    with pytest.raises(ValueError, match="exists and is not a symlink"):
+        plan_from_output(sh(check_script(files, links, "")).stdout, files, links, dirs, "")
+
+
+def test_remove_takes_exactly_the_manifest(release: dict[str, Path]) -> None:
+    dev = release["dev"]
+    manifest = str(dev / "opt/.manifest")
+    install(*layout(dev, release["good"], "1.2.3"), manifest)
+    (dev / "bin/other").write_text("not ours")
+    done = sh(remove_script(manifest, remount_root=False, check_only=False))
+    assert "@@manifest" in done.stdout and done.returncode == 0
+    assert sorted(p.name for p in dev.rglob("*")) == ["bin", "other"]
+    assert "@@absent" in sh(remove_script(manifest, remount_root=False, check_only=False)).stdout
+
+
+def test_space_check_reports_numbers() -> None:
+    f = FileSpec("/c/tailscaled", "/mnt/onboard/.tailscale/1.2.3/tailscaled", "0755", 30 * 1024 * 1024, "0" * 64)
+    out = (
+        "@@f0\n-\n-\n@@d0\n/mnt/onboard/.tailscale/1.2.3\t/dev/mmcblk0p3 65536 55296 10240 85% /mnt/onboard\n"
+        "@@root\nrw,relatime\n@@end\n"
+    )
+    plan = plan_from_output(out, [f], [], [], "")
+    assert space_errors(plan) == ["needs 30.0 MB, 10.0 MB free on /mnt/onboard"]
+
+
+def test_cut_short_output_is_an_error() -> None:
+    with pytest.raises(ValueError, match="cut short"):
+        plan_from_output("@@f0\n-\n", [], [], [], "")
