@@ -120,6 +120,8 @@ def extract(tarball: Path, out_dir: Path, with_systemd: bool = False) -> dict[st
                 parts = member.name.split("/", 1)
                 if len(parts) != 2 or parts[1] not in wanted or not member.isfile():
                     continue
+                if parts[1] in found:
+                    raise ReleaseError(f"{tarball}: more than one {parts[1]} inside; refusing an ambiguous tarball")
                 src = tar.extractfile(member)
                 if src is None:
                     continue

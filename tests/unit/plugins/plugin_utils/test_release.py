@@ -1,0 +1,158 @@
+"""Controller-side release handling: checksums, the cache, latest-version lookup and extraction."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._release import (
+    ReleaseError,
+    download,
+    extract,
+    latest_version,
+    parse_checksum,
+    version_from_name,
+)
+
+
+def tarball(version: str, arch: str, extra: dict[str, bytes] | None = None) -> bytes:
+    top = f"tailscale_{version}_{arch}"
+    members = {
+        f"{top}/tailscale": b"#!/bin/sh\necho cli\n",
+        f"{top}/tailscaled": b"#!/bin/sh\necho daemon\n",
+        f"{top}/systemd/tailscaled.service": b"[Service]\n",
+        f"{top}/systemd/tailscaled.defaults": b"PORT=41641\n",
+    }
+    members.update(extra or {})
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return raw.getvalue()
+
+
+class Server:
+    """A tiny pkgs.tailscale.com-shaped server on loopback that counts requests per path."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+        self.hits: dict[str, int] = {}
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                del args
+
+            def do_GET(self) -> None:  # noqa: N802 - name fixed by the base class
+                outer.hits[self.path] = outer.hits.get(self.path, 0) + 1
+                body = outer.files.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def mirror() -> Iterator[Server]:
+    data = tarball("1.82.0", "arm")
+    server = Server(
+        {
+            "/stable/tailscale_1.82.0_arm.tgz": data,
+            "/stable/tailscale_1.82.0_arm.tgz.sha256": hashlib.sha256(data).hexdigest().encode() + b"\n",
+            "/stable/tailscale_1.80.3_arm.tgz": data,
+            "/stable/tailscale_1.80.3_arm.tgz.sha256": b"0" * 64,
+            "/stable/?mode=json&os=linux": json.dumps({"TarballsVersion": "1.82.0"}).encode(),
+            "/unstable/?mode=json&os=linux": b"<html>not json</html>",
+        }
+    )
+    yield server
+    server.close()
+
+
+def test_parse_checksum_forms() -> None:
+    digest = "a" * 64
+    assert parse_checksum(f"{digest}\n", "x") == digest
+    assert parse_checksum(f"{digest.upper()}  tailscale_1.82.0_arm.tgz\n", "x") == digest
+    with pytest.raises(ReleaseError, match="not a sha256 checksum"):
+        parse_checksum("<html>404</html>", "x")
+
+
+def test_download_once_then_cached(mirror: Server, tmp_path: Path) -> None:
+    path, fetched = download(mirror.url, "stable", "1.82.0", "arm", cache_dir=tmp_path)
+    assert fetched and path.is_file()
+    again, fetched_again = download(mirror.url, "stable", "1.82.0", "arm", cache_dir=tmp_path)
+    assert again == path and not fetched_again
+    assert mirror.hits["/stable/tailscale_1.82.0_arm.tgz"] == 1
+
+
+def test_published_checksum_mismatch_is_refused_and_not_cached(mirror: Server, tmp_path: Path) -> None:
+    with pytest.raises(ReleaseError, match="checksum mismatch for .*: expected 0{64}, got [0-9a-f]{64}; refusing"):
+        download(mirror.url, "stable", "1.80.3", "arm", cache_dir=tmp_path)
+    assert not list(tmp_path.rglob("*.tgz*"))
+
+
+def test_pinned_checksum_wins_and_is_checked_on_cached_copies(mirror: Server, tmp_path: Path) -> None:
+    with pytest.raises(ReleaseError, match="checksum mismatch"):
+        download(mirror.url, "stable", "1.82.0", "arm", cache_dir=tmp_path, checksum="b" * 64)
+    assert "/stable/tailscale_1.82.0_arm.tgz.sha256" not in mirror.hits
+    download(mirror.url, "stable", "1.82.0", "arm", cache_dir=tmp_path)
+    with pytest.raises(ReleaseError, match="checksum mismatch"):
+        download(mirror.url, "stable", "1.82.0", "arm", cache_dir=tmp_path, checksum="b" * 64)
+
+
+def test_latest_version_from_the_index(mirror: Server) -> None:
+    assert latest_version(mirror.url, "stable") == "1.82.0"
+    with pytest.raises(ReleaseError, match="not a release index"):
+        latest_version(mirror.url, "unstable")
+
+
+def test_extract_only_the_programs(tmp_path: Path) -> None:
+    src = tmp_path / "t.tgz"
+    src.write_bytes(
+        tarball("1.82.0", "arm", {"tailscale_1.82.0_arm/../evil": b"x", "tailscale_1.82.0_arm/README": b"x"})
+    )
+    files = extract(src, tmp_path / "out")
+    assert sorted(files) == ["tailscale", "tailscaled"]
+    assert (tmp_path / "out/tailscaled").read_bytes() == b"#!/bin/sh\necho daemon\n"
+    assert not (tmp_path / "evil").exists()
+    with_systemd = extract(src, tmp_path / "out2", with_systemd=True)
+    assert "systemd/tailscaled.service" in with_systemd
+
+
+def test_two_programs_of_the_same_name_are_refused(tmp_path: Path) -> None:
+    src = tmp_path / "t.tgz"
+    src.write_bytes(tarball("1.82.0", "arm", {"other/tailscaled": b"x"}))
+    with pytest.raises(ReleaseError, match="more than one tailscaled inside"):
+        extract(src, tmp_path / "out")
+
+
+def test_truncated_tarball_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "t.tgz"
+    src.write_bytes(tarball("1.82.0", "arm")[:100])
+    with pytest.raises(ReleaseError, match="not a readable release tarball"):
+        extract(src, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("name", "version"),
+    [("tailscale_1.82.0_arm.tgz", "1.82.0"), ("tailscale_1.80.3_mips64le", "1.80.3"), ("custom.tgz", "")],
+)
+def test_version_from_name(name: str, version: str) -> None:
+    assert version_from_name(name) == version
