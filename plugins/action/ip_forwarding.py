@@ -29,6 +29,7 @@ ARGUMENT_SPEC: dict[str, t.Any] = {
     "sysctl_file": {"type": "str", "default": "/etc/sysctl.d/99-fleetmesh-tailscale.conf"},
     "rc_script": {"type": "str", "default": "/etc/init.d/fleetmesh-ipforward"},
     "rc_links": {"type": "list", "elements": "str", "default": []},
+    "remount_rw": {"type": "bool", "default": False},
 }
 
 
@@ -76,6 +77,7 @@ class ActionModule(ActionBase):
         links = [str(link) for link in args["rc_links"]] if persist == "rc_script" else []
 
         read = "".join(f"echo @@v{f}; cat {proc_path(SYSCTLS[f])} 2>&1\n" for f in families)
+        read += "echo @@rootopts; awk '$2 == \"/\" {o = $4} END {print o}' /proc/mounts 2>/dev/null\n"
         if target:
             read += f"echo @@file; cat {sh_quote(target)} 2>/dev/null\n"
         for i, link in enumerate(links):
@@ -106,7 +108,16 @@ class ActionModule(ActionBase):
         if not changed or self._task.check_mode:
             return result
 
+        root_ro = "ro" in sec.get("rootopts", "").strip().split(",")
+        writes_root = bool(file_stale or stale_links)
+        if writes_root and root_ro and not args["remount_rw"]:
+            raise AnsibleActionFail(
+                f"/ is mounted read-only, so {target} cannot be written: set remount_rw (the profile's readonly_root)"
+            )
         script = "set -e\n"
+        if writes_root and root_ro:
+            # QuecOpen: / is read-only; open it for the write only, then sync and close it again whatever happens.
+            script += "mount -o remount,rw /\ntrap 'sync; mount -o remount,ro /' EXIT\n"
         for f in to_write:
             path = proc_path(SYSCTLS[f])
             script += f'echo 1 > {path}\n[ "$(cat {path})" = 1 ]\n'

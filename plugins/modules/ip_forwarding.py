@@ -41,6 +41,12 @@ options:
     type: list
     elements: str
     default: []
+  remount_rw:
+    description:
+      - When C(/) is mounted read-only (QuecOpen), remount it read-write for the persistence write only, then sync
+        and remount it read-only again. Without it, a read-only C(/) fails before anything is changed.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:

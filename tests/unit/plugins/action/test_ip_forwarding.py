@@ -18,8 +18,9 @@ from ansible_collections.fleetmesh.tailscale.plugins.action.ip_forwarding import
 
 
 class Device:
-    def __init__(self, v4: str, v6: str, file_text: str = "") -> None:
+    def __init__(self, v4: str, v6: str, file_text: str = "", rootopts: str = "rw,relatime") -> None:
         self.values = {4: v4, 6: v6}
+        self.rootopts = rootopts
         self.file_text = file_text
         self.scripts: list[str] = []
 
@@ -32,6 +33,8 @@ class Device:
         for fam in (4, 6):
             if f"@@v{fam}" in cmd:
                 out += f"@@v{fam}\n{self.values[fam]}\n"
+        if "@@rootopts" in cmd:
+            out += f"@@rootopts\n{self.rootopts}\n"
         if "@@file" in cmd:
             out += f"@@file\n{self.file_text}"
         return {"rc": 0, "stdout": out + "@@end\n", "stderr": ""}
@@ -102,3 +105,15 @@ def test_rendered_rc_script_parses_and_sets_only_its_families(shell: str, tmp_pa
     assert subprocess.run([*argv, "-n", str(script)], check=False).returncode == 0
     assert "ipv4/ip_forward" in script.read_text() and "ipv6/conf/all/forwarding" in script.read_text()
     assert "ipv6" not in rc_script_text([4])
+
+
+def test_read_only_root_is_remounted_for_the_write_only_when_allowed() -> None:
+    device = Device("0", "0", rootopts="ro,relatime")
+    args = {"families": [4], "persist": "rc_script", "rc_links": ["/etc/rc5.d/S01fleetmesh-ipforward"]}
+    with pytest.raises(AnsibleActionFail, match="/ is mounted read-only"):
+        run(device, args)
+    assert len(device.scripts) == 1  # refused before any write, the sysctl included
+    run(device, {**args, "remount_rw": True})
+    write = device.scripts[-1]
+    assert write.index("mount -o remount,rw /") < write.index("mv -f")
+    assert "trap 'sync; mount -o remount,ro /' EXIT" in write
