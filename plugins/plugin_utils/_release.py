@@ -49,10 +49,10 @@ def parse_checksum(text: str, what: str) -> str:
     return value
 
 
-def verify_checksum(path: Path, expected: str) -> None:
+def verify_checksum(path: Path, expected: str, name: str = "") -> None:
     actual = sha256_file(path)
     if actual != expected:
-        raise ReleaseError(f"checksum mismatch for {path.name}: expected {expected}, got {actual}; refusing it")
+        raise ReleaseError(f"checksum mismatch for {name or path.name}: expected {expected}, got {actual}; refusing it")
 
 
 def _fetch(url: str, timeout: float) -> bytes:
@@ -102,7 +102,7 @@ def download(
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(_fetch(url, timeout))
-        verify_checksum(tmp, expected)
+        verify_checksum(tmp, expected, name)
         tmp.replace(dest)
     finally:
         tmp.unlink(missing_ok=True)
