@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
+import signal
 import socket
 import sys
 from typing import Any
@@ -74,12 +76,23 @@ def handle(session: _shell_session.ShellSession, cfg: dict[str, Any], req: dict[
 
 
 def serve(cfg: dict[str, Any], session: _shell_session.ShellSession, listener: socket.socket) -> None:
-    listener.settimeout(cfg["persist"])
     while True:
-        try:
-            conn = listener.accept()[0]
-        except TimeoutError:
+        watch: list[Any] = [listener]
+        if session.stream is not None:
+            watch.append(session.stream.fileno())
+        ready = select.select(watch, [], [], cfg["persist"])[0]
+        if not ready:
             return  # idle for `persist` seconds
+        if listener not in ready:
+            # The device spoke while we were idle: stray output (dropped), or the end of the session, which is let
+            # go now so the next request logs in again.
+            if session.connected():
+                session.stream.recv(0)  # type: ignore[union-attr]
+            else:
+                session.log("the device ended the session while idle")
+                session.close()
+            continue
+        conn = listener.accept()[0]
         with conn:
             conn.settimeout(None)
             reader = conn.makefile("rb")
@@ -96,7 +109,12 @@ def serve(cfg: dict[str, Any], session: _shell_session.ShellSession, listener: s
                 conn.sendall(json.dumps(reply).encode() + b"\n" + payload)
 
 
+def _terminate(_signum: int, _frame: Any) -> None:
+    raise SystemExit(0)  # runs main's cleanup: socket and pid file removed, device logged out
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     cfg = json.loads(sys.stdin.readline())
     session = build_session(cfg, lambda _msg: None)
     path = cfg["socket_path"]
