@@ -98,9 +98,14 @@ class ActionModule(ActionBase):
         return cli
 
     def _read_script(self, cli: str) -> str:
-        # stderr joins stdout so "failed to connect to local tailscaled" reaches the error message.
+        # A daemon that just started reports NoState until it has loaded its state file: wait for that (up to ~10 s)
+        # rather than mistake a logged-in node for a fresh one and spend the auth key on it. stderr joins stdout so
+        # "failed to connect to local tailscaled" reaches the error message.
         return (
-            f"echo @@status; {cli} status --json 2>&1; rc=$?; echo @@status_rc; echo $rc\n"
+            f"i=0; while s=$({cli} status --json 2>&1); rc=$?; [ $i -lt 20 ] && "
+            'case $s in *\'"BackendState": "NoState"\'*) true ;; *) false ;; esac; '
+            "do i=$((i+1)); sleep 0.5 2>/dev/null || sleep 1; done\n"
+            "echo @@status; printf '%s\\n' \"$s\"; echo @@status_rc; echo $rc\n"
             f"echo @@prefs; {cli} debug prefs 2>&1; echo @@end\n"
         )
 
