@@ -89,7 +89,7 @@ class Run:
 
 
 def run_site(
-    device: Any, tmp: Path, mirror: str, extra_vars: dict[str, Any] | None = None, playbook: str = "playbooks/site.yml"
+    device: Any, tmp: Path, mirror: str, extra_vars: dict[str, Any] | None = None, *, check: bool = False
 ) -> Run:
     """ansible-playbook site.yml on one lab device at -vvv; counts EXEC/PUT lines of that host."""
     hv = host_vars(device)
@@ -105,7 +105,7 @@ def run_site(
     home = tmp / "home"
     home.mkdir(exist_ok=True)
     proc = subprocess.run(
-        ["ansible-playbook", "-vvv", "-i", str(inv), str(REPO / playbook)],
+        ["ansible-playbook", "-vvv", "-i", str(inv), str(REPO / "playbooks/site.yml"), *(["--check"] if check else [])],
         env=ansible_env(home, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
         capture_output=True,
         text=True,
