@@ -52,7 +52,8 @@ EXAMPLES = r"""
 - name: Plan the shim
   ansible.builtin.set_fact:
     shim_plan: "{{ lookup('ansible.builtin.file', bundle ~ '/manifest.json') | from_json
-      | fleetmesh.tailscale.iptables_bundle_plan(bundle, '/opt/ipt', '/lib', '/usr/sbin', extensions=['libxt_mark.so']) }}"
+      | fleetmesh.tailscale.iptables_bundle_plan(bundle, '/opt/ipt', '/lib', '/usr/sbin',
+          extensions=['libxt_mark.so']) }}"
 """
 
 RETURN = r"""
