@@ -18,8 +18,10 @@ import shutil
 import tarfile
 import tempfile
 import typing as t
-import urllib.request
 from pathlib import Path
+
+from ansible.module_utils.urls import ConnectionError as UrlConnectionError
+from ansible.module_utils.urls import open_url
 
 PROGRAMS = ("tailscale", "tailscaled")
 SYSTEMD_FILES = ("systemd/tailscaled.service", "systemd/tailscaled.defaults")
@@ -59,9 +61,9 @@ def _fetch(url: str, timeout: float) -> bytes:
     if not url.startswith(("http://", "https://")):
         raise ReleaseError(f"only http(s) release URLs are supported, got {url!r}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - scheme checked above
+        with open_url(url, timeout=timeout) as resp:
             return t.cast(bytes, resp.read())
-    except OSError as exc:
+    except (OSError, UrlConnectionError) as exc:
         raise ReleaseError(f"cannot fetch {url}: {exc}") from exc
 
 

@@ -55,7 +55,7 @@ def release_mirror(root: Path) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
+        for _attempt in range(100):
             with contextlib.suppress(OSError):
                 urllib.request.urlopen(f"{url}/_fleetlab/stats", timeout=1).close()  # noqa: S310 - loopback
                 break

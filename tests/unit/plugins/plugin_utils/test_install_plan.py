@@ -135,7 +135,7 @@ def test_wrong_link_and_mode_are_repaired(release: dict[str, Path]) -> None:
     (dev / "bin/tailscaled").unlink()
     (dev / "opt/1.2.3/tailscaled").chmod(0o600)
     plan, done = install(files, links, dirs, manifest)
-    assert plan.uploads == [] and [lk.path for lk, _ in plan.links] == [str(dev / "bin/tailscaled")]
+    assert plan.uploads == [] and [lk.path for lk, _cur in plan.links] == [str(dev / "bin/tailscaled")]
     assert [f.dest for f in plan.mode_fixes] == [str(dev / "opt/1.2.3/tailscaled")]
     assert done is not None and done.returncode == 0
     assert (dev / "bin/tailscaled").is_symlink() and (dev / "opt/1.2.3/tailscaled").stat().st_mode & 0o777 == 0o755

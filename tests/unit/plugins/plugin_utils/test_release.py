@@ -123,6 +123,13 @@ def test_latest_version_from_the_index(mirror: Server) -> None:
         latest_version(mirror.url, "unstable")
 
 
+def test_missing_release_is_a_clear_error(mirror: Server, tmp_path: Path) -> None:
+    with pytest.raises(
+        ReleaseError, match=r"cannot fetch .*/stable/tailscale_9\.9\.9_arm\.tgz\.sha256: HTTP Error 404"
+    ):
+        download(mirror.url, "stable", "9.9.9", "arm", cache_dir=tmp_path)
+
+
 def test_extract_only_the_programs(tmp_path: Path) -> None:
     src = tmp_path / "t.tgz"
     src.write_bytes(
