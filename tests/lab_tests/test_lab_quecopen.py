@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,7 @@ pytestmark = [
 
 NAME = "lt-quec"
 RO_NAME = "lt-quecro"
+LOGIN_NAME = "lt-queclg"
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +54,61 @@ def test_adb_door_listens(quecopen: Device) -> None:
     assert f"{quecopen.address}:5555" in listening
 
 
-@pytest.mark.skipif(shutil.which("adb") is None, reason="Debian's adb client is not installed (apt-get install adb)")
-def test_adb_shell_reaches_the_device(quecopen: Device) -> None:
-    serial = f"{quecopen.address}:5555"
-    subprocess.run(["adb", "connect", serial], capture_output=True, text=True, timeout=30, check=False)
+# A private adb server for these tests, killed at the end (by the adb protocol, not by name).
+ADB_SERVER_PORT = "5041"
+needs_adb = pytest.mark.skipif(shutil.which("adb") is None, reason="Debian's adb client missing (apt-get install adb)")
+
+
+def adb(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = ["adb", "-P", ADB_SERVER_PORT, *args]
+    return subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="module")
+def adb_server() -> Iterator[None]:
+    yield
+    adb("kill-server")
+
+
+def connect(device: Device) -> str:
+    serial = f"{device.address}:5555"
+    adb("disconnect", serial)
+    out = adb("connect", serial).stdout
+    assert f"connected to {serial}" in out, out
+    return serial
+
+
+@needs_adb
+def test_adb_shell_push_pull_with_the_debian_client(quecopen: Device, adb_server: None, tmp_path: Path) -> None:
+    serial = connect(quecopen)
+    assert adb("-s", serial, "shell", "uname -m; hostname").stdout.split() == ["armv7l", "mdm9607-perf"]
+    # Old adbd (no shell_v2): the exit status of the remote command is not returned.
+    failing = adb("-s", serial, "shell", "ls /no/such/file")
+    assert failing.returncode == 0 and "No such file" in failing.stdout
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(os.urandom(100_000))
+    assert adb("-s", serial, "push", str(payload), "/usrdata/payload.bin").returncode == 0
+    back = tmp_path / "back.bin"
+    assert adb("-s", serial, "pull", "/usrdata/payload.bin", str(back)).returncode == 0
+    assert back.read_bytes() == payload.read_bytes()
+    lab.reboot(NAME)
+    serial = connect(quecopen)  # a reboot drops the TCP connection, as on the module
+    assert adb("-s", serial, "shell", "ls -l /usrdata/payload.bin").stdout.split()[4] == "100000"
+    adb("disconnect", serial)
+
+
+@needs_adb
+def test_adb_login_prompt(adb_server: None) -> None:
+    lab.down(LOGIN_NAME)
+    device = lab.up(LOGIN_NAME, "quecopen", login_prompt=True, password="quec-pw")
     try:
-        cmd = ["adb", "-s", serial, "shell", "uname -m; hostname"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-        assert proc.stdout.split() == ["armv7l", "mdm9607-perf"], proc.stderr
+        serial = connect(device)
+        proc = adb("-s", serial, "shell", input="root\nquec-pw\necho in-$((6*7)); exit\n")
+        assert "mdm9607-perf login: " in proc.stdout and "Password: " in proc.stdout
+        assert "in-42" in proc.stdout
+        adb("disconnect", serial)
     finally:
-        subprocess.run(["adb", "disconnect", serial], capture_output=True, timeout=30, check=False)
+        lab.down(LOGIN_NAME)
 
 
 def test_reboot_runs_rc5_and_keeps_usrdata(quecopen: Device) -> None:

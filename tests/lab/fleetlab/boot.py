@@ -174,6 +174,19 @@ def exec_in(
     )
 
 
+def wait_booted(device: Device, marker: str, timeout: float = 120.0) -> None:
+    """Wait until init has run rcS to its end (it then touches `marker` inside the device)."""
+    assert device.init is not None
+    path = Path(f"/proc/{device.init.pid}/root") / marker.lstrip("/")
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if not device.init.alive():
+            raise LabError(f"device {device.name}: init died during boot (see {device.log})")
+        if time.monotonic() > deadline:
+            raise LabError(f"device {device.name}: boot scripts still running after {timeout:.0f} s (see {device.log})")
+        time.sleep(0.01)
+
+
 def wait_tcp(address: str, port: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while True:

@@ -79,8 +79,13 @@ echo "rcS: kobo userland up"
 """
 
 
+# busybox init runs every sysinit entry to its end before the wait entries: the marker tells the lab that rcS (and so
+# every rc5.d script) has finished. It lives in the volatile /run, so each boot makes it anew.
+BOOTED_MARKER = "/run/fleetlab.booted"
+
+
 def _inittab(telnet: bool) -> str:
-    text = "::sysinit:/etc/init.d/rcS\n"
+    text = f"::sysinit:/etc/init.d/rcS\n::wait:/bin/touch {BOOTED_MARKER}\n"
     return text + (TELNET_INITTAB if telnet else "")
 
 

@@ -143,6 +143,7 @@ def _boot(device: Device, profile: Profile) -> None:
     """Start init (which runs rcS: rc5.d S* scripts on rc5 profiles), the door daemons, then the boot uevent."""
     boot.start_init(device, profile)
     device.save()
+    boot.wait_booted(device, devices.BOOTED_MARKER)
     if profile.telnet:
         boot.wait_tcp(device.address, TELNET_PORT)
     if profile.adb:

@@ -6,6 +6,7 @@ foreign interface is touched. The host route to 198.18.0.0/15 is the kernel's ow
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 from pathlib import Path
 
@@ -45,7 +46,10 @@ def create_device_net(netns: str, veth_host: str, address: str) -> None:
     ensure_bridge()
     _ip("netns", "add", netns)
     try:
-        _ip("link", "add", veth_host, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        # The device's MAC follows from its address: a name reused after `down` answers ARP with the same MAC, so
+        # a neighbour entry the host (or another device) still holds for that address stays right.
+        peer = ["peer", "name", "eth0", "address", device_mac(address), "netns", netns]
+        _ip("link", "add", veth_host, "type", "veth", *peer)
         _ip("link", "set", veth_host, "master", BRIDGE, "up")
         _ip("-n", netns, "addr", "add", f"{address}/{SUBNET.prefixlen}", "dev", "eth0")
         _ip("-n", netns, "link", "set", "lo", "up")
@@ -54,6 +58,12 @@ def create_device_net(netns: str, veth_host: str, address: str) -> None:
     except LabError:
         remove_device_net(netns, veth_host)
         raise
+
+
+def device_mac(address: str) -> str:
+    """Locally administered unicast MAC 02:f1:ab:xx:yy:zz from the low 24 bits of the device's IPv4 address."""
+    low = int(ipaddress.IPv4Address(address)) & 0xFFFFFF
+    return "02:f1:ab:" + ":".join(f"{(low >> shift) & 0xFF:02x}" for shift in (16, 8, 0))
 
 
 def remove_device_net(netns: str, veth_host: str) -> None:
