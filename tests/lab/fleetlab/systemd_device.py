@@ -27,6 +27,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -149,6 +150,8 @@ def _remove_cgroups(name: str) -> None:
         for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
             path.rmdir()
         top.rmdir()
+        with contextlib.suppress(OSError):
+            top.parent.rmdir()  # the lab's `fleetlab` cgroup, once no device is left in it
 
 
 # ------------------------------------------------------------------------------------------------------- processes
@@ -253,7 +256,9 @@ def _nspawn_cmd(name: str, root: Path, netns_name: str) -> list[str]:
 
 
 # Joins the device's cgroups (paths in $@ up to "--") and then becomes systemd-nspawn (same pid: the recorded one).
-CGROUP_EXEC = 'while [ "$1" != -- ]; do mkdir -p "$1" && echo $$ > "$1/cgroup.procs" || exit 1; shift; done; shift; exec "$@"'
+CGROUP_EXEC = (
+    'while [ "$1" != -- ]; do mkdir -p "$1" && echo $$ > "$1/cgroup.procs" || exit 1; shift; done; shift; exec "$@"'
+)
 
 
 def _spawn(name: str, root: Path, netns_name: str, device_dir: Path) -> tuple[ProcRef, ProcRef]:
@@ -314,8 +319,6 @@ def _wait_booted(name: str, nspawn: ProcRef, leader: ProcRef, address: str, devi
 
 
 def _wait_tcp(address: str, port: int, timeout: float) -> None:
-    import socket
-
     deadline = time.monotonic() + timeout
     while True:
         try:
