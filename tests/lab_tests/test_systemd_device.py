@@ -55,6 +55,7 @@ def test_boots_to_running(device: Device) -> None:
     failed = _sh(NAME, "systemctl --failed --no-legend --plain")
     assert state == "running", f"system state {state}; failed units:\n{failed}"
     assert _sh(NAME, "cat /proc/1/comm") == "systemd"
+    assert _sh(NAME, "stat -fc %T /sys/fs/cgroup") == "cgroup2fs"  # unified, like a real bookworm machine
     assert _sh(NAME, "hostname") == NAME
     assert f"inet {device.address}/15" in _sh(NAME, "ip -o -4 addr show eth0")
 

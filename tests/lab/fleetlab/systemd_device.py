@@ -15,8 +15,9 @@ How nspawn runs on this machine (PID 1 is not systemd; cgroup v1 + v2 hybrid: na
   host's systemd over D-Bus for a scope unit ("Failed to open system bus"); with it nspawn stays in the cgroup it was
   started in and creates `payload/` and `supervisor/` below it. So the lab starts nspawn in a cgroup of its own
   (`fleetlab/<name>` in each hierarchy nspawn uses); otherwise all devices would share /payload at the root.
-- No SYSTEMD_NSPAWN_UNIFIED_HIERARCHY is needed: nspawn detects the hybrid host and gives the container the same
-  layout; systemd 252 boots in it.
+- SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 gives the container a pure cgroup2 /sys/fs/cgroup (host's /unified, which has
+  no controllers here: they are all bound to v1), as on a real bookworm machine. Unset, nspawn copies the hybrid
+  layout into the container; systemd 252 reaches `running` both ways on this host.
 - `--network-namespace-path` joins the lab's netns; there nspawn drops CAP_NET_ADMIN by default, which the
   device needs (iptables, a tun device for tailscaled), so it is granted back: it only reaches the device's own netns.
 """
@@ -271,6 +272,9 @@ def _spawn(name: str, root: Path, netns_name: str, device_dir: Path) -> tuple[Pr
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C of the caller does not reach the device
+            # A real bookworm machine runs on the unified cgroup2 hierarchy; without this, nspawn copies the host's
+            # v1/v2 hybrid into the container. Both boot here; cgroup2 is the faithful one.
+            env={**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"},
         )
     finally:
         log.close()
