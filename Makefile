@@ -10,8 +10,10 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-# Debian packages: python3-venv for the venv; the rest are added by the lab and plugin work as they land.
-APT_PACKAGES := python3-venv python3-dev git tar gzip ca-certificates
+# Debian packages: the venv's, then the lab's (namespaces, qemu-user for ARM devices, the stock adb client,
+# debootstrap + systemd-nspawn for the systemd device, ssh to reach it) and shellcheck for ansible-test sanity.
+APT_PACKAGES := python3-venv python3-dev git tar gzip ca-certificates file dash \
+	iproute2 util-linux qemu-user-static adb debootstrap systemd-container openssh-client shellcheck
 
 .PHONY: help deps apt venv lint sanity ee-context unit test demo clean
 

@@ -101,6 +101,7 @@ EXAMPLES = r"""
   tasks:
     - name: Run a command (the real exit status comes back even on old adbd)
       ansible.builtin.raw: uname -a
+      changed_when: false
 
     - name: Gather facts without Python on the device
       fleetmesh.tailscale.device_facts:
@@ -188,7 +189,7 @@ class Connection(ConnectionBase):
             raise AnsibleConnectionFailure("adb connection used before it was established")
         return self._client
 
-    def _shell(self, command: str) -> tuple[int, bytes, bytes]:
+    def _adb_shell(self, command: str) -> tuple[int, bytes, bytes]:
         try:
             if self._shell_v2:
                 proc = self.client.shell(command, shell_v2=True)
@@ -215,7 +216,7 @@ class Connection(ConnectionBase):
         command = to_text(cmd, errors="surrogate_or_strict")
         display.vvv(f"EXEC {command}", host=self.client.serial)
         if len(to_bytes(command, errors="surrogate_or_strict")) <= MAX_INLINE_COMMAND:
-            return self._shell(command)
+            return self._adb_shell(command)
         return self._exec_long(command)
 
     def _exec_long(self, command: str) -> tuple[int, bytes, bytes]:
@@ -229,12 +230,12 @@ class Connection(ConnectionBase):
             except AdbError as exc:
                 raise AnsibleConnectionFailure(str(exc)) from exc
         quoted = shlex.quote(remote)
-        return self._shell(f"sh {quoted}; rc=$?; rm -f {quoted}; exit $rc")
+        return self._adb_shell(f"sh {quoted}; rc=$?; rm -f {quoted}; exit $rc")
 
     def _remote_digest(self, path: str) -> tuple[str, str]:
         """(algorithm, hex digest) of a file on the device: sha256sum, or md5sum where the device lacks it."""
         quoted = shlex.quote(path)
-        rc, out, _err = self._shell(
+        rc, out, _err = self._adb_shell(
             f"if command -v sha256sum >/dev/null; then echo sha256 $(sha256sum {quoted}); "
             f"else echo md5 $(md5sum {quoted}); fi"
         )
@@ -262,13 +263,13 @@ class Connection(ConnectionBase):
         local_digest = _digest(local, algo)
         qtmp, qout = shlex.quote(tmp), shlex.quote(out_path)
         if remote_digest != local_digest:
-            self._shell(f"rm -f {qtmp}")
+            self._adb_shell(f"rm -f {qtmp}")
             raise AnsibleError(
                 f"{out_path}: {algo} on the device {remote_digest} != local {local_digest}; not installed"
             )
-        rc, out, _err = self._shell(f"mv -f {qtmp} {qout}")
+        rc, out, _err = self._adb_shell(f"mv -f {qtmp} {qout}")
         if rc != 0:
-            self._shell(f"rm -f {qtmp}")
+            self._adb_shell(f"rm -f {qtmp}")
             raise AnsibleError(f"cannot rename {tmp} to {out_path} on the device: {to_text(out).strip()}")
 
     def fetch_file(self, in_path: str, out_path: str) -> None:
