@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from fleetlab.standin.release import tarball_bytes
 from repo_checkout import ansible_env, copy_checkout
 
 pytestmark = pytest.mark.slow
@@ -19,16 +21,39 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedP
     return proc
 
 
+def local_inventory(tmp_path: Path, group: str) -> Path:
+    """A local host whose profile paths all lie under tmp_path, installing a stand-in release tarball."""
+    root = tmp_path / "target"
+    (root / "bin").mkdir(parents=True)  # a device's bin dir on PATH exists; the role links into it
+    tarball = tmp_path / "tailscale_1.82.0_amd64.tgz"
+    tarball.write_bytes(tarball_bytes("1.82.0", "amd64"))
+    inventory = tmp_path / "inventory.yml"
+    host = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+        "binary_src": str(tarball),
+        "device_profile_overrides": {
+            "storage_dir": str(root / "storage"),
+            "bin_dir": str(root / "bin"),
+            "state_dir": str(root / "state"),
+        },
+    }
+    inventory.write_text(json.dumps({"all": {"children": {group: {"hosts": {"target": host}}}}}))
+    return inventory
+
+
 def test_site_runs_in_place_without_installing_anything(fresh_clone: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
+    inventory = local_inventory(tmp_path, "rootfs")
     proc = run(
-        ["ansible-playbook", "playbooks/site.yml", "-i", "inventories/local"],
+        ["ansible-playbook", "playbooks/site.yml", "-i", str(inventory)],
         cwd=fresh_clone,
         env=ansible_env(home),
     )
-    assert "local-rootfs: profile rootfs" in proc.stdout
+    assert "target: profile rootfs" in proc.stdout
     assert "failed=0" in proc.stdout
+    assert (tmp_path / "target" / "bin" / "tailscaled").exists()
     # Nothing was installed into the user's home to make fleetmesh.tailscale resolve.
     assert not (home / ".ansible" / "collections").exists()
 
@@ -86,8 +111,9 @@ def test_built_artifact_installs_and_runs_by_fqcn(tmp_path: Path) -> None:
     assert "/mnt/onboard/.tailscale" in proc.stdout
     # The playbook shipped inside the artifact runs by FQCN as well.
     proc = run(
-        ["ansible-playbook", "fleetmesh.tailscale.site", "-i", "inventory.yml"],
+        ["ansible-playbook", "fleetmesh.tailscale.site", "-i", str(local_inventory(tmp_path, "rootfs"))],
         cwd=play,
         env=ansible_env(home, ANSIBLE_COLLECTIONS_PATH=str(collections)),
     )
-    assert "reader: profile kobo" in proc.stdout
+    assert "target: profile rootfs" in proc.stdout
+    assert (tmp_path / "target" / "bin" / "tailscaled").exists()
