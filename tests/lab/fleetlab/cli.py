@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     wf = sub.add_parser("wifi", help="fire the wlan0 add (up) or remove (down) uevent")
     wf.add_argument("name")
     wf.add_argument("state", choices=["up", "down"])
-    sub.add_parser("inventory", help="YAML Ansible inventory of the running devices")
+    inv = sub.add_parser("inventory", help="YAML Ansible inventory of the running devices (or only the named ones)")
+    inv.add_argument("names", nargs="*", metavar="NAME", help="only these devices (each must be running)")
     sh = sub.add_parser("shape", help="put the link shaper in front of a device's door (or --off)")
     sh.add_argument("name")
     sh.add_argument("--latency-ms", type=int, default=0, help="one-way delay each direction")
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             status = "timed out (killed)" if result.returncode is None else f"exit {result.returncode}"
             print(f"RUN {result.command}: {status}")
     elif args.command == "inventory":
-        sys.stdout.write(inventory.render(lab.list_devices()))
+        sys.stdout.write(inventory.render(inventory.select(lab.list_devices(), args.names)))
     elif args.command == "shape":
         if args.off:
             lab.unshape(args.name)

@@ -1,8 +1,9 @@
 """`fleetlab inventory`: a YAML Ansible inventory of the running lab devices, ready for playbooks/site.yml.
 
 One group per profile (the collection picks the device profile from the group name), the connection variables of
-each device's door, the lab mirror as release source and a stand-in auth key (accepted by the stand-in tailscale
-only; it is not a Tailscale key).
+each device's door, and in all.vars the roles' own variables: the lab mirror as release source (binary role), the
+lab's iptables bundles (iptables_shim role) and a stand-in auth key (login role; accepted by the stand-in tailscale
+only, it is not a Tailscale key).
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ from typing import Any
 
 import yaml
 
-from fleetlab.state import GATEWAY, MIRROR_PORT, RUN_DIR, Device
+from fleetlab.bundles import BUNDLES_DIR
+from fleetlab.state import GATEWAY, MIRROR_PORT, RUN_DIR, Device, LabError
 
-# Variable names the collection's roles read; kept here so a rename in the roles is a one-line change.
-RELEASE_BASE_URL_VAR = "tailscale_release_base_url"
-AUTH_KEY_VAR = "tailscale_auth_key"
+# Variable names the collection's roles read (roles/*/defaults/main.yml); a rename in the roles changes them here.
+RELEASE_BASE_URL_VAR = "binary_base_url"
+AUTH_KEY_VAR = "login_auth_key"
+BUNDLES_VAR = "iptables_shim_bundles"
+# Tailscale release arch -> the lab's bundle dir (Debian arch names).
+BUNDLE_ARCHES = {"arm": "armhf", "amd64": "amd64"}
 AUTH_KEY_FILE = RUN_DIR / "authkey"
 
 
@@ -71,6 +76,17 @@ def host_vars(device: Device) -> dict[str, Any]:
     return hv
 
 
+def select(devices: list[Device], names: list[str]) -> list[Device]:
+    """The named devices (all of them when no name is given), so a run never reaches another user's devices."""
+    if not names:
+        return devices
+    by_name = {device.name: device for device in devices}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise LabError(f"no running lab device named {', '.join(missing)}")
+    return [by_name[name] for name in names]
+
+
 def build(devices: list[Device]) -> dict[str, Any]:
     children: dict[str, Any] = {}
     for device in sorted(devices, key=lambda d: (d.profile, d.name)):
@@ -80,6 +96,7 @@ def build(devices: list[Device]) -> dict[str, Any]:
         "all": {
             "vars": {
                 RELEASE_BASE_URL_VAR: f"http://{GATEWAY}:{MIRROR_PORT}",
+                BUNDLES_VAR: {ts_arch: str(BUNDLES_DIR / deb_arch) for ts_arch, deb_arch in BUNDLE_ARCHES.items()},
                 AUTH_KEY_VAR: lab_auth_key(),
             },
             "children": children,
