@@ -36,7 +36,7 @@ def _telnet_check(name: str, expect: str) -> None:
     device = lab.get(name)
     with RawTelnet(device.address) as tn:
         tn.login("root", device.password)
-        out, _ = tn.run("uname -m")
+        out, _unused = tn.run("uname -m")
         if out != expect:
             raise LabError(f"{name}: uname -m said {out!r}")
 

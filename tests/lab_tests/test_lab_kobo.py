@@ -65,7 +65,7 @@ def test_telnet_login_answers_armv7l(kobo: Device) -> None:
         tn.login("root")
         assert tn.run("uname -m") == ("armv7l", 0)
         # A real ARM ELF runs (through qemu-user), not an x86 one.
-        out, _ = tn.run("head -c 20 /bin/busybox | od -An -tx1 | tr -d ' \\n'")
+        out, _unused = tn.run("head -c 20 /bin/busybox | od -An -tx1 | tr -d ' \\n'")
         assert out[36:40] == "2800"  # e_machine EM_ARM
 
 
@@ -159,7 +159,7 @@ ln -sf /mnt/onboard/tailscaled /usr/bin/tailscaled
 
 
 def _tailscaled_count(name: str, want: int) -> int:
-    for _ in range(100):
+    for _attempt in range(100):
         count = int(lab.exec_(name, ["sh", "-c", "pidof tailscaled | wc -w"]).stdout)
         if count == want:
             break
@@ -173,7 +173,7 @@ def test_blog_boot_hooks_start_tailscaled_once_per_boot() -> None:
     lab.up(name, "kobo")
     try:
         assert lab.exec_(name, ["sh", "-c", BLOG]).returncode == 0
-        for _ in range(2):
+        for _attempt in range(2):
             lab.reboot(name)
             assert _tailscaled_count(name, 1) == 1
         assert lab.exec_(name, ["cat", "/tailscaled.log"]).stdout == "stand-in tailscaled --state=/tailscaled.state\n"

@@ -37,7 +37,7 @@ def _shaper_ref() -> ProcRef:
 
 def test_shaped_door_adds_latency_and_inventory_points_there(device: Device) -> None:
     listen = lab.shape(NAME, latency_ms=150)
-    host, _, port = listen.rpartition(":")
+    host, _sep, port = listen.rpartition(":")
     assert host == str(GATEWAY)
     hv = yaml.safe_load(inventory.render(lab.list_devices()))["all"]["children"]["sysvinit"]["hosts"][NAME]
     assert (hv["ansible_host"], hv["ansible_port"]) == (host, int(port))
@@ -54,7 +54,7 @@ def test_shaped_door_adds_latency_and_inventory_points_there(device: Device) -> 
 
 def test_cut_after_bytes_breaks_the_session_and_down_kills_the_shaper(device: Device) -> None:
     listen = lab.shape(NAME, cut_after_bytes=300)
-    host, _, port = listen.rpartition(":")
+    host, _sep, port = listen.rpartition(":")
     ref = _shaper_ref()
     with RawTelnet(host, int(port)) as tn, pytest.raises((TelnetError, OSError)):
         tn.login("root")

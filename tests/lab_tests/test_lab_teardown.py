@@ -38,7 +38,7 @@ def test_down_all_removes_everything() -> None:
     b = lab.up("lt-td2", "sysvinit")
     # A process started inside the device (not by init) must die too.
     stray = subprocess.Popen(["fleetlab", "exec", "lt-td2", "--", "sleep", "1000"], start_new_session=True)
-    for _ in range(100):
+    for _attempt in range(100):
         if "sleep 1000" in lab.exec_("lt-td2", ["ps"]).stdout:
             break
     assert "sleep 1000" in lab.exec_("lt-td2", ["ps"]).stdout

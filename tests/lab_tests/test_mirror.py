@@ -37,14 +37,14 @@ def stats(base: str) -> dict:
 
 
 def test_tarball_and_sha256_match(served: tuple[str, Path]) -> None:
-    base, _ = served
+    base, _unused = served
     body = get(f"{base}/stable/tailscale_1.82.0_arm.tgz")
     published = get(f"{base}/stable/tailscale_1.82.0_arm.tgz.sha256").decode().strip()
     assert hashlib.sha256(body).hexdigest() == published
 
 
 def test_index_json_like_pkgs(served: tuple[str, Path]) -> None:
-    base, _ = served
+    base, _unused = served
     index = json.loads(get(f"{base}/stable/?mode=json&os=linux"))
     assert index["TarballsVersion"] == "1.82.0"
     assert index["Tarballs"]["amd64"] == "tailscale_1.82.0_amd64.tgz"
@@ -52,7 +52,7 @@ def test_index_json_like_pkgs(served: tuple[str, Path]) -> None:
 
 
 def test_missing_files_and_escapes_are_404(served: tuple[str, Path]) -> None:
-    base, _ = served
+    base, _unused = served
     for path in (
         "/stable/tailscale_9.9.9_arm.tgz",
         "/stable/../stable/index.json",
@@ -65,7 +65,7 @@ def test_missing_files_and_escapes_are_404(served: tuple[str, Path]) -> None:
 
 
 def test_stats_count_downloads_per_path_and_reset(served: tuple[str, Path]) -> None:
-    base, _ = served
+    base, _unused = served
     tgz = "/stable/tailscale_1.80.3_amd64.tgz"
     get(base + tgz)
     get(base + tgz)

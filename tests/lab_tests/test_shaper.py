@@ -36,7 +36,7 @@ def echo_server() -> Iterator[int]:
         srv.settimeout(0.2)
         while not stop.is_set():
             try:
-                conn, _ = srv.accept()
+                conn, _unused = srv.accept()
             except TimeoutError:
                 continue
             except OSError:
@@ -72,10 +72,10 @@ def round_trip(port: int, payload: bytes = b"x") -> float:
 
 
 def test_latency_adds_at_least_twice_the_one_way_delay_to_a_round_trip(echo_server: int) -> None:
-    with shaper(echo_server) as (port, _):
-        base = min(round_trip(port) for _ in range(3))
-    with shaper(echo_server, latency_ms=150) as (port, _):
-        delayed = min(round_trip(port) for _ in range(3))
+    with shaper(echo_server) as (port, _stats):
+        base = min(round_trip(port) for _attempt in range(3))
+    with shaper(echo_server, latency_ms=150) as (port, _stats):
+        delayed = min(round_trip(port) for _attempt in range(3))
     print(f"round trip: {base * 1000:.1f} ms plain, {delayed * 1000:.1f} ms with 150 ms one-way latency")
     assert delayed >= 0.300
     assert delayed - base >= 0.290
@@ -144,6 +144,6 @@ def test_command_line_prints_byte_counts_on_exit(echo_server: int) -> None:
                 time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=10)
+        out, _unused = proc.communicate(timeout=10)
     counts = json.loads(out.strip().splitlines()[-1])
     assert (counts["bytes_up"], counts["bytes_down"], counts["connections"]) == (5, 5, 1)

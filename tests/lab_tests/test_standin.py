@@ -123,7 +123,7 @@ class Box:
     def stop(self, proc: subprocess.Popen[str]) -> str:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=10)
+        out, _unused = proc.communicate(timeout=10)
         # The daemon's proxy listeners live in its session; reap any that outlived it.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -203,7 +203,7 @@ def test_cli_fails_like_real_one_when_daemon_is_not_running(box: Box) -> None:
 
 def test_kernel_mode_without_iptables_refuses_with_seed_message(box: Box) -> None:
     proc = box.start(wait=False)
-    out, _ = proc.communicate(timeout=15)
+    out, _unused = proc.communicate(timeout=15)
     assert proc.returncode == 1
     assert SEED_IPTABLES_LINE in out
     assert not box.socket.exists(), "a daemon that failed to start must not leave its socket behind"
@@ -215,7 +215,7 @@ def test_broken_iptables_shim_error_is_reported_verbatim(box: Box) -> None:
     shim.write_text(f"#!/bin/sh\necho '{shim_error}' >&2\nexit 127\n")
     shim.chmod(0o755)
     proc = box.start(wait=False)
-    out, _ = proc.communicate(timeout=15)
+    out, _unused = proc.communicate(timeout=15)
     assert proc.returncode == 1
     assert shim_error in out
     assert "exit status 127" in out
@@ -232,7 +232,7 @@ def test_working_iptables_shim_lets_kernel_mode_start(box: Box) -> None:
 def test_missing_tun_device_refuses_like_real(box: Box) -> None:
     missing = box.root / "no-such-tun"
     proc = box.start(wait=False, env={"FLEETLAB_STANDIN_TUN": str(missing)})
-    out, _ = proc.communicate(timeout=15)
+    out, _unused = proc.communicate(timeout=15)
     assert proc.returncode == 1
     assert f'CreateTUN("tailscale0") failed; {missing} does not exist' in out
 
@@ -284,7 +284,7 @@ def test_logs_go_to_ts_logs_dir_or_state_directory(box: Box) -> None:
 
 def test_socks5_and_http_proxy_listeners_answer(box: Box) -> None:
     ports = []
-    for _ in range(2):
+    for _attempt in range(2):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
@@ -303,7 +303,7 @@ def test_socks5_and_http_proxy_listeners_answer(box: Box) -> None:
 
 def test_socks5_on_an_address_the_box_lacks_fails_like_real(box: Box) -> None:
     proc = box.start("--tun=userspace-networking", "--socks5-server=192.0.2.77:1080", wait=False)
-    out, _ = proc.communicate(timeout=15)
+    out, _unused = proc.communicate(timeout=15)
     assert proc.returncode == 1
     assert "SOCKS5 listener: listen tcp 192.0.2.77:1080: bind: cannot assign requested address" in out
 
@@ -328,7 +328,7 @@ def test_config_file_mode_logs_in_and_applies_prefs(box: Box) -> None:
     box.stop(box.daemons[-1])
     conf.write_text('{"version": "alpha1"}')
     proc = box.start("--tun=userspace-networking", f"--config={conf}", wait=False)
-    out, _ = proc.communicate(timeout=15)
+    out, _unused = proc.communicate(timeout=15)
     assert proc.returncode == 1
     assert 'unsupported config file version "alpha1"' in out
 

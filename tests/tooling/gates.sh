@@ -73,7 +73,7 @@ all)
     timed sanity gate_sanity
     timed ee gate_ee
     if [ ${#failed[@]} -gt 0 ]; then echo "=== gates failed before pytest: ${failed[*]}"; fi
-    gate_pytest
+    gate_pytest "${@:2}"
     rc=$?
     [ $rc = 0 ] || failed+=(pytest)
     [ ${#failed[@]} -eq 0 ]

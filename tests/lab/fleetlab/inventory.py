@@ -40,7 +40,7 @@ def _door(device: Device, service: str, default: int) -> tuple[str, int]:
     """Where the controller connects: the device itself, or the link shaper in front of it (`fleetlab shape`)."""
     shaper = device.extra.get("shaper")
     if shaper:
-        host, _, port = shaper["listen"].rpartition(":")
+        host, _sep, port = shaper["listen"].rpartition(":")
         return host, int(port)
     return device.address, device.services.get(service, default)
 

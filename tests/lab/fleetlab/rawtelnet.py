@@ -87,7 +87,7 @@ class RawTelnet:
             if not data:
                 raise TelnetError(f"connection closed waiting for {marker!r}; got {self.buf[-200:]!r}")
             self._feed(data)
-        head, _, self.buf = self.buf.partition(marker)
+        head, _sep, self.buf = self.buf.partition(marker)
         return head + marker
 
     def send_line(self, line: str) -> None:

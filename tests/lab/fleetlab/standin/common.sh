@@ -1,3 +1,6 @@
+# shellcheck shell=sh disable=SC2034,SC2154,SC1007,SC2018,SC2019,SC2086,SC2046,SC2016,SC2217
+# (a fragment: variables are set and read through eval across fragments; field splitting of flag lists and
+#  ASCII-only tr ranges are intended, as in the real CLI's hostname rules)
 # Shared part of the fleetlab Tailscale stand-in (POSIX sh; runs on busybox ash and dash).
 # The release builder (fleetlab.standin.release) inlines this file into both the `tailscale` and the
 # `tailscaled` script, after a header that sets TS_STANDIN_VERSION and TS_STANDIN_ARCH.

@@ -1,3 +1,6 @@
+# shellcheck shell=sh disable=SC2034,SC2154,SC1007,SC2018,SC2019,SC2086,SC2046,SC2016,SC2217
+# (a fragment: variables are set and read through eval across fragments; field splitting of flag lists and
+#  ASCII-only tr ranges are intended, as in the real CLI's hostname rules)
 # tailscale CLI stand-in body (the builder puts the header and common.sh above this).
 # It reads and writes the daemon's state file directly, but only while that daemon is alive, so every command
 # that needs tailscaled fails exactly like the real CLI when it is not running.

@@ -1,3 +1,6 @@
+# shellcheck shell=sh disable=SC2034,SC2154,SC1007,SC2018,SC2019,SC2086,SC2046,SC2016,SC2217
+# (a fragment: variables are set and read through eval across fragments; field splitting of flag lists and
+#  ASCII-only tr ranges are intended, as in the real CLI's hostname rules)
 # tailscaled stand-in body (the builder puts the header and common.sh above this).
 # A long-lived foreground process that owns the state file and the "socket" the CLI talks to. The socket path
 # is a regular file naming the daemon's pid and settings (busybox sh cannot create a unix socket): wait for it
