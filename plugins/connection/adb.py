@@ -7,19 +7,33 @@ name: adb
 short_description: Run commands and move files on devices reachable only by adb (USB or TCP)
 version_added: 0.1.0
 description:
-  - Connects to a device through the stock C(adb) client, by USB serial or C(host:port) (TCP; the plugin runs
-    C(adb connect) when needed).
-  - Exit codes come back right on old adbd without the C(shell_v2) feature (as on Quectel QuecOpen modules), where
-    C(adb shell) itself always exits 0; each command is framed and its real exit status read from its output.
-    With C(shell_v2) the shell protocol is used instead, and stdout and stderr come back separately.
-  - Without C(shell_v2), the device runs commands under a pty, so stderr is merged into stdout; line endings are
-    normalised from CRLF to LF.
-  - Commands longer than old adbd's payload limit are pushed as a script and run from a file.
-  - Files move with C(adb push)/C(adb pull) (the sync protocol), to a temporary name first, verified by SHA-256 on
-    the device (MD5 when the device has no C(sha256sum)), then renamed into place.
-  - No Python is needed on the device. C(become) is not supported (these devices give a root shell).
+  - Connects to a device through the stock C(adb) client (Debian's 1.0.41 or current platform-tools), by USB serial
+    or C(host:port) (TCP; the plugin runs C(adb connect) when the adb server does not know the device yet, and says
+    clearly when the device refuses the connection, is unauthorized or offline). No Python is needed on the device.
+  - B(Exit codes.) On old adbd without the C(shell_v2) feature (Quectel QuecOpen modules), C(adb shell) itself
+    always exits 0; each command is therefore framed by random markers and its real exit status read from its
+    output. Anything the device prints before the command starts (a greeting) is dropped; markers never reach
+    stdout. With C(shell_v2) the shell protocol is used instead (C(adb shell -T)).
+  - B(Output.) Without C(shell_v2) the device runs commands under a pty, so CRLF is turned back into LF (a CR the
+    command printed itself survives). B(stderr) is kept apart in a temp file in O(tmp_dir) and returned as stderr;
+    only when O(tmp_dir) is not writable is it merged into stdout. Commands run in a subshell with stdin from
+    C(/dev/null).
+  - B(Long commands.) Old adbd takes a command of at most 4096 bytes; longer ones are pushed as a script to
+    O(tmp_dir), run from there and removed.
+  - B(Login prompt.) When the adb shell greets with a login prompt (as some QuecOpen firmware does), the plugin
+    logs in with O(remote_user)/O(password), using the same prompt handling as the C(fleetmesh.tailscale.telnet)
+    connection (the shared shell session code), and keeps that session in a background process shared by the
+    tasks of the host, like ssh's ControlPersist, so a play pays one login. The password goes to that process
+    through a pipe, never on a command line, and is never logged.
+  - B(Files) move with C(adb push)/C(adb pull) (the sync protocol, which needs no login), to a temporary name
+    first, verified by SHA-256 on the device (MD5 when the device has no C(sha256sum), with a warning), then
+    renamed into place.
+  - A device that goes away (unplugged, adbd gone) makes the task UNREACHABLE with the adb client's reason.
+  - C(become) is not supported (these devices give a root shell).
 author:
   - fleetmesh developers !UNKNOWN
+extends_documentation_fragment:
+  - fleetmesh.tailscale.shell_session
 options:
   remote_addr:
     description:
@@ -44,7 +58,7 @@ options:
   server_port:
     description:
       - Port of the adb server on the controller (C(adb -P)). Unset means the client's default (5037, or
-        C(ANDROID_ADB_SERVER_PORT)).
+        C(ANDROID_ADB_SERVER_PORT)). The client starts a server there when none runs.
     type: int
     vars:
       - name: fleetmesh_adb_server_port
@@ -54,9 +68,11 @@ options:
       - section: fleetmesh_adb
         key: server_port
   timeout:
-    description: Seconds to wait for one command (and for C(adb connect)) before giving up.
+    description:
+      - Seconds to wait for the adb server's answers, for C(adb connect), and for each login step when the device
+        asks for a login. How long one command may run is O(command_timeout).
     type: int
-    default: 60
+    default: 30
     vars:
       - name: ansible_timeout
       - name: fleetmesh_adb_timeout
@@ -69,33 +85,93 @@ options:
       - name: timeout
   shell_protocol:
     description:
-      - Which way to run commands. C(auto) uses the shell protocol when the device advertises C(shell_v2),
-        framing otherwise. C(framed) forces framing (for devices that advertise a shell_v2 they do not honour).
+      - Which way to run commands. V(auto) uses the shell protocol when the device advertises C(shell_v2),
+        framing otherwise. V(framed) forces framing (for devices that advertise a shell_v2 they do not honour).
     type: str
     default: auto
     choices: [auto, framed]
     vars:
       - name: fleetmesh_adb_shell_protocol
   tmp_dir:
-    description: Directory on the device for temporary files (transfers, long commands).
+    description: Directory on the device for temporary files (stderr of a command, long commands).
     type: str
     default: /tmp
     vars:
       - name: fleetmesh_adb_tmp_dir
+  remote_user:
+    description: User to log in as when the adb shell asks for a login.
+    type: str
+    default: root
+    vars:
+      - name: ansible_user
+      - name: fleetmesh_adb_user
+    env:
+      - name: ANSIBLE_REMOTE_USER
+    ini:
+      - section: defaults
+        key: remote_user
+    keyword:
+      - name: remote_user
+  password:
+    description:
+      - Password for the login prompt. Unset when the account has none (an empty line is then sent if the device
+        asks anyway). Never logged, never on a command line.
+    type: str
+    vars:
+      - name: ansible_password
+      - name: fleetmesh_adb_password
+    env:
+      - name: FLEETMESH_ADB_PASSWORD
+  login:
+    description:
+      - V(auto) runs commands with one C(adb shell) each and switches to a logged-in background session when the
+        shell greets with a login prompt (the command never started then, so it is run again in the session).
+      - V(always) starts the logged-in session at once (saves one round trip per play on devices known to ask).
+    type: str
+    default: auto
+    choices: [auto, always]
+    vars:
+      - name: fleetmesh_adb_login
+  persist_timeout:
+    description: Seconds a logged-in background session stays up without a request before it logs out.
+    type: int
+    default: 60
+    vars:
+      - name: fleetmesh_adb_persist_timeout
+    env:
+      - name: FLEETMESH_ADB_PERSIST_TIMEOUT
+    ini:
+      - section: fleetmesh_adb
+        key: persist_timeout
+  control_path_dir:
+    description: Directory for the logged-in background sessions' unix sockets (mode 0700, created when missing).
+    type: path
+    default: ~/.ansible/cp
+    vars:
+      - name: fleetmesh_adb_control_path_dir
+    env:
+      - name: FLEETMESH_ADB_CONTROL_PATH_DIR
+    ini:
+      - section: fleetmesh_adb
+        key: control_path_dir
 """
 
 EXAMPLES = r"""
-# inventory: a QuecOpen module over USB, and one over TCP (adb on port 55555 in the seed).
+# Inventory: a QuecOpen module over USB, one over TCP (adb on port 5555), and one whose adb shell asks for a login.
 # quecopen:
+#   vars:
+#     ansible_connection: fleetmesh.tailscale.adb
 #   hosts:
 #     ec25-usb:
-#       ansible_connection: fleetmesh.tailscale.adb
 #       fleetmesh_adb_serial: 0123456789ABCDEF
 #     ag35-tcp:
-#       ansible_connection: fleetmesh.tailscale.adb
-#       ansible_host: 192.0.2.31:55555
+#       ansible_host: 192.0.2.31:5555
+#     ag35-login:
+#       ansible_host: 192.0.2.32:5555
+#       ansible_user: root
+#       ansible_password: "{{ vault_quecopen_password }}"
 
-- name: Show the module's kernel
+- name: Show the modules' kernels
   hosts: quecopen
   gather_facts: false
   tasks:
@@ -105,8 +181,13 @@ EXAMPLES = r"""
 
     - name: Gather facts without Python on the device
       fleetmesh.tailscale.device_facts:
+
+    - name: Log in afresh for the next task (ends the background session of a login-prompt device)
+      ansible.builtin.meta: reset_connection
 """
 
+import concurrent.futures
+import contextlib
 import hashlib
 import os
 import secrets
@@ -118,34 +199,21 @@ from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNo
 from ansible.module_utils.common.text.converters import to_bytes, to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
-from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._adb_client import AdbClient, AdbError
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils import _session_daemon
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._adb_client import (
+    AdbClient,
+    AdbError,
+    DeviceGone,
+    LoginRequired,
+    feature_list,
+)
 
 display = Display()
 
-# Old adbd carries a service request ("shell:" + command) in one 4096-byte message; stay well below it.
-MAX_INLINE_COMMAND = 3000
-
-
-def frame(command: str, token: str) -> str:
-    """Wrap a command so its exit status follows its output on a line of its own.
-
-    The command runs in a subshell so that its own `exit` cannot skip the frame. The marker is assembled by printf
-    from two arguments, so the command's own text (which a `ps` could print) never contains it whole.
-    """
-    return f"(\n{command}\n)\nprintf '\\n%s%s:%d\\n' __FM_RC_ {token} $?"
-
-
-def unframe(output: bytes, token: str) -> tuple[int, bytes]:
-    """(exit status, output without the frame) from a framed command's output; CRLF from a pty becomes LF."""
-    data = output.replace(b"\r\n", b"\n")
-    marker = b"\n__FM_RC_" + token.encode() + b":"
-    at = data.rfind(marker)
-    if at < 0:
-        raise AnsibleConnectionFailure("the command's output ended before its exit status (connection cut?)")
-    status = data[at + len(marker) :].split(b"\n", 1)[0]
-    if not status.strip().isdigit():
-        raise AnsibleConnectionFailure(f"unreadable exit status in framed output: {status[:40]!r}")
-    return int(status), data[:at]
+# Old adbd carries a service request ("shell:" + framed command) in one 4096-byte message; the frame adds ~300.
+MAX_INLINE_COMMAND = 3400
+# Session failures that mean "this host cannot be used": Ansible reports them as UNREACHABLE.
+_UNREACHABLE = {"ConnectError", "LoginError", "SessionLost", "CommandTimeout"}
 
 
 class Connection(ConnectionBase):
@@ -160,10 +228,60 @@ class Connection(ConnectionBase):
         super().__init__(*args, **kwargs)
         self._client: AdbClient | None = None
         self._shell_v2 = False
+        self._socket_path: str | None = None  # set once the device is known to ask for a login
+
+    # ------------------------------------------------------------------------------------------------ settings
+
+    def _config(self) -> dict[str, t.Any]:
+        """Settings of the logged-in session process (password included: they go to it through a pipe)."""
+        password = self.get_option("password")
+        server_port = self.get_option("server_port")
+        return {
+            "transport": "adb",
+            "adb": {
+                "path": str(self.get_option("adb_path")),
+                "serial": str(self.get_option("remote_addr")),
+                "server_port": int(server_port) if server_port else None,
+            },
+            "connect_timeout": float(self.get_option("timeout")),
+            "command_timeout": float(self.get_option("command_timeout")),
+            "login": {
+                "user": str(self.get_option("remote_user") or "root"),
+                "password": None if password is None else str(password),
+                "login_re": str(self.get_option("login_prompt_re")),
+                "password_re": str(self.get_option("password_prompt_re")),
+                "prompt_re": str(self.get_option("shell_prompt_re")),
+                "failure_re": str(self.get_option("login_failure_re")),
+                "timeout": float(self.get_option("timeout")),
+                "line_end": "\n",
+            },
+            "persist": float(self.get_option("persist_timeout")),
+        }
+
+    def _control_socket(self) -> str:
+        directory = os.path.expanduser(str(self.get_option("control_path_dir")))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        cfg = self._config()
+        key = f"{cfg['adb']['server_port']}\0{cfg['adb']['serial']}\0{cfg['login']['user']}".encode()
+        # Short and fixed-length: unix socket paths are limited to 108 bytes.
+        return os.path.join(directory, f"fmadb-{hashlib.sha256(key).hexdigest()[:20]}")
+
+    @property
+    def client(self) -> AdbClient:
+        if self._client is None:
+            raise AnsibleConnectionFailure("adb connection used before it was established")
+        return self._client
+
+    def _vvv(self, msg: str) -> None:
+        display.vvv(f"adb: {msg}", host=str(self.get_option("remote_addr")))
+
+    # ------------------------------------------------------------------------------------------------- connect
 
     def _connect(self) -> Connection:
         if self._connected:
             return self
+        if self.become is not None:
+            raise AnsibleError("fleetmesh.tailscale.adb does not support become: these devices give a root shell")
         serial = str(self.get_option("remote_addr"))
         server_port = self.get_option("server_port")
         self._client = AdbClient(
@@ -174,38 +292,73 @@ class Connection(ConnectionBase):
         )
         display.vvv(f"ESTABLISH ADB CONNECTION FOR SERIAL {serial}", host=serial)
         try:
-            self._client.ensure_ready()
-            features = self._client.features()
+            features = self._client.features()  # one adb call when the server knows the device already
+            if features is None:
+                self._client.ensure_ready()
+                features = self._client.features() or set()
         except AdbError as exc:
-            raise AnsibleConnectionFailure(str(exc)) from exc
+            raise AnsibleConnectionFailure(f"adb {serial}: {exc}") from exc
         self._shell_v2 = "shell_v2" in features and self.get_option("shell_protocol") == "auto"
-        display.vvv(f"adb features: {','.join(sorted(features)) or 'none'}; shell_v2 used: {self._shell_v2}")
+        self._vvv(f"features: {feature_list(features)}; shell_v2 used: {self._shell_v2}")
+        socket_path = self._control_socket()
+        if self.get_option("login") == "always" or os.path.exists(socket_path):
+            self._start_session(socket_path)
         self._connected = True
         return self
 
-    @property
-    def client(self) -> AdbClient:
-        if self._client is None:
-            raise AnsibleConnectionFailure("adb connection used before it was established")
-        return self._client
+    def _start_session(self, socket_path: str) -> None:
+        """Use (or start) the host's logged-in background session."""
+        reply = _session_daemon.ensure(socket_path, self._config(), self._vvv)
+        if "error" in reply:
+            self._unwrap(reply, b"")
+        self._socket_path = socket_path
 
-    def _adb_shell(self, command: str) -> tuple[int, bytes, bytes]:
+    def _unwrap(self, reply: dict[str, t.Any], payload: bytes) -> tuple[dict[str, t.Any], bytes]:
+        for msg in reply.get("log", ()):
+            if msg.startswith("warning: "):
+                display.warning(f"adb {self.get_option('remote_addr')}: {msg[9:]}")
+            else:
+                self._vvv(msg)
+        if "error" not in reply:
+            return reply, payload
+        if reply["error"] in _UNREACHABLE:
+            raise AnsibleConnectionFailure(f"adb {self.get_option('remote_addr')}: {reply['msg']}")
+        raise AnsibleError(f"adb {self.get_option('remote_addr')}: {reply['msg']}")
+
+    # ------------------------------------------------------------------------------------------------ commands
+
+    def _run(self, command: str) -> tuple[int, bytes, bytes]:
+        """Run a command the way this device needs: shell protocol, framed adb shell, or the logged-in session."""
+        if self._socket_path is not None:
+            return self._session_run(command)
         try:
             if self._shell_v2:
-                proc = self.client.shell(command, shell_v2=True)
-                return proc.returncode, proc.stdout, proc.stderr
-            token = secrets.token_hex(8)
-            proc = self.client.shell(frame(command, token), shell_v2=False)
-        except AdbError as exc:
-            raise AnsibleConnectionFailure(str(exc)) from exc
-        if proc.returncode != 0:
-            # Old adbd always returns 0: a failure here is the client's or the transport's.
-            self.close()
-            raise AnsibleConnectionFailure(
-                f"adb shell on {self.client.serial} failed: {to_text(proc.stderr or proc.stdout).strip()[-400:]}"
+                return self.client.shell_v2(command, timeout=self._command_timeout())
+            return self.client.shell_framed(
+                command,
+                secrets.token_hex(8),
+                str(self.get_option("tmp_dir")) or None,
+                timeout=self._command_timeout(),
+                login_res=(str(self.get_option("login_prompt_re")), str(self.get_option("password_prompt_re"))),
             )
-        rc, out = unframe(proc.stdout, token)
-        return rc, out, b""
+        except LoginRequired as exc:
+            self._vvv(f"{exc}: logging in (a background session keeps the login for the next tasks)")
+            self._start_session(self._control_socket())
+            return self._session_run(command)
+        except AdbError as exc:
+            # Whatever the adb client could not do here (device gone, output cut) makes the host unusable.
+            raise AnsibleConnectionFailure(f"adb {self.client.serial}: {exc}") from exc
+
+    def _command_timeout(self) -> float | None:
+        limit = float(self.get_option("command_timeout"))
+        return limit or 1e9  # 0: as long as the adb client keeps the stream
+
+    def _session_run(self, command: str) -> tuple[int, bytes, bytes]:
+        if self._socket_path is None:
+            raise AnsibleConnectionFailure("adb: no session (internal error)")
+        req = {"op": "exec", "cmd": to_bytes(command, errors="surrogate_or_strict").hex()}
+        reply, payload = self._unwrap(*_session_daemon.request(self._socket_path, self._config(), req, self._vvv))
+        return reply["rc"], payload[: reply["stdout"]], payload[reply["stdout"] :]
 
     def exec_command(self, cmd: str, in_data: bytes | None = None, sudoable: bool = True) -> tuple[int, bytes, bytes]:
         """Run a command on the device and return its real exit status, stdout and stderr."""
@@ -215,95 +368,126 @@ class Connection(ConnectionBase):
         self._connect()
         command = to_text(cmd, errors="surrogate_or_strict")
         display.vvv(f"EXEC {command}", host=self.client.serial)
-        if len(to_bytes(command, errors="surrogate_or_strict")) <= MAX_INLINE_COMMAND:
-            return self._adb_shell(command)
+        if self._socket_path is not None or len(to_bytes(command, errors="surrogate_or_strict")) <= MAX_INLINE_COMMAND:
+            return self._run(command)  # a logged-in session types long commands in pieces itself
         return self._exec_long(command)
 
     def _exec_long(self, command: str) -> tuple[int, bytes, bytes]:
         """Too long for one adb service request: push it as a script, run it, remove it."""
-        remote = f"{self.get_option('tmp_dir')}/.fleetmesh-cmd-{secrets.token_hex(6)}.sh"
+        remote = f"{self.get_option('tmp_dir')}/.fmadb-cmd-{secrets.token_hex(6)}.sh"
         with tempfile.NamedTemporaryFile("wb", prefix="fleetmesh-adb-", suffix=".sh") as script:
             script.write(to_bytes(command, errors="surrogate_or_strict") + b"\n")
             script.flush()
-            try:
-                self.client.push(script.name, remote)
-            except AdbError as exc:
-                raise AnsibleConnectionFailure(str(exc)) from exc
+            self._push(script.name, remote)
         quoted = shlex.quote(remote)
-        return self._adb_shell(f"sh {quoted}; rc=$?; rm -f {quoted}; exit $rc")
+        self._vvv(f"command of {len(command)} characters pushed as {remote}")
+        return self._run(f"sh {quoted}; rc=$?; rm -f {quoted}; exit $rc")
 
-    def _remote_digest(self, path: str) -> tuple[str, str]:
-        """(algorithm, hex digest) of a file on the device: sha256sum, or md5sum where the device lacks it."""
-        quoted = shlex.quote(path)
-        rc, out, _err = self._adb_shell(
-            f"if command -v sha256sum >/dev/null; then echo sha256 $(sha256sum {quoted}); "
-            f"else echo md5 $(md5sum {quoted}); fi"
-        )
-        fields = to_text(out).split()
-        if rc != 0 or len(fields) < 2 or fields[0] not in ("sha256", "md5"):
-            raise AnsibleError(f"cannot checksum {path} on the device: {to_text(out).strip()[-200:]}")
-        if fields[0] == "md5":
-            display.warning(f"{self.client.serial}: no sha256sum on the device, verifying {path} with md5sum")
-        return fields[0], fields[1]
+    # --------------------------------------------------------------------------------------------------- files
+
+    def _push(self, local: str, remote: str) -> None:
+        try:
+            self.client.push(local, remote)
+        except DeviceGone as exc:
+            raise AnsibleConnectionFailure(f"adb {self.client.serial}: {exc}") from exc
+        except AdbError as exc:
+            raise AnsibleError(f"adb {self.client.serial}: {exc}") from exc
 
     def put_file(self, in_path: str, out_path: str) -> None:
         """Push a file to a temporary name on the device, verify its checksum there, then rename it into place."""
         super().put_file(in_path, out_path)
         self._connect()
-        local = to_bytes(in_path, errors="surrogate_or_strict")
+        local = to_text(to_bytes(in_path, errors="surrogate_or_strict"))
         if not os.path.isfile(local):
             raise AnsibleFileNotFound(f"file or module does not exist: {in_path}")
-        display.vvv(f"PUT {in_path} TO {out_path}", host=self.client.serial)
-        tmp = f"{out_path}.fmtmp-{secrets.token_hex(4)}"
-        try:
-            self.client.push(to_text(local), tmp)
-        except AdbError as exc:
-            raise AnsibleError(str(exc)) from exc
-        algo, remote_digest = self._remote_digest(tmp)
-        local_digest = _digest(local, algo)
+        out_path = str(out_path)
+        display.vvv(f"PUT {local} TO {out_path}", host=self.client.serial)
+        tmp = f"{out_path}.fmtmp{secrets.token_hex(4)}"
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            digests = pool.submit(_digests, local)  # hashed while adb pushes
+            self._push(local, tmp)
+            sha256, md5 = digests.result()
         qtmp, qout = shlex.quote(tmp), shlex.quote(out_path)
-        if remote_digest != local_digest:
-            self._adb_shell(f"rm -f {qtmp}")
-            raise AnsibleError(
-                f"{out_path}: {algo} on the device {remote_digest} != local {local_digest}; not installed"
-            )
-        rc, out, _err = self._adb_shell(f"mv -f {qtmp} {qout}")
+        # One round trip: checksum on the device, then rename into place or remove the temp file.
+        check = (
+            f"if command -v sha256sum >/dev/null; then a=sha256; w={sha256}; h=$(sha256sum {qtmp}); "
+            f"else a=md5; w={md5}; h=$(md5sum {qtmp}); fi || {{ rm -f {qtmp}; exit 4; }}; h=${{h%% *}}; "
+            f'if [ "$h" = "$w" ]; then mv -f {qtmp} {qout} || {{ rm -f {qtmp}; exit 5; }}; echo $a; '
+            f'else rm -f {qtmp}; echo "$a on the device is $h, expected $w: not installed" >&2; exit 3; fi'
+        )
+        rc, out, err = self._run(check)
         if rc != 0:
-            self._adb_shell(f"rm -f {qtmp}")
-            raise AnsibleError(f"cannot rename {tmp} to {out_path} on the device: {to_text(out).strip()}")
+            why = to_text(err or out).strip()[-400:]
+            raise AnsibleError(f"adb {self.client.serial}: put {out_path} failed (exit {rc}): {why}")
+        if to_text(out).strip() == "md5":
+            display.warning(f"adb {self.client.serial}: no sha256sum on the device, {out_path} verified with md5sum")
 
     def fetch_file(self, in_path: str, out_path: str) -> None:
         """Pull a file from the device to a temporary local name, verify its checksum, then rename it."""
         super().fetch_file(in_path, out_path)
         self._connect()
+        in_path = str(in_path)
         display.vvv(f"FETCH {in_path} TO {out_path}", host=self.client.serial)
-        local = to_bytes(out_path, errors="surrogate_or_strict")
-        tmp = local + b".fmtmp-" + secrets.token_hex(4).encode()
+        local = to_text(to_bytes(out_path, errors="surrogate_or_strict"))
+        tmp = f"{local}.fmtmp{secrets.token_hex(4)}"
+        quoted = shlex.quote(in_path)
         try:
-            self.client.pull(in_path, to_text(tmp))
-            algo, remote_digest = self._remote_digest(in_path)
-            local_digest = _digest(tmp, algo)
-            if remote_digest != local_digest:
-                raise AnsibleError(f"{in_path}: {algo} on the device {remote_digest} != fetched {local_digest}")
+            rc, out, err = self._run(
+                f"[ -f {quoted} ] && [ -r {quoted} ] || {{ echo 'no such readable file' >&2; exit 2; }}; "
+                f"if command -v sha256sum >/dev/null; then echo sha256 $(sha256sum {quoted}); "
+                f"else echo md5 $(md5sum {quoted}); fi"
+            )
+            fields = to_text(out).split()
+            if rc != 0 or len(fields) < 2 or fields[0] not in ("sha256", "md5"):
+                why = to_text(err or out).strip()[-300:]
+                raise AnsibleError(f"adb {self.client.serial}: cannot fetch {in_path}: {why}")
+            try:
+                self.client.pull(in_path, tmp)
+            except DeviceGone as exc:
+                raise AnsibleConnectionFailure(f"adb {self.client.serial}: {exc}") from exc
+            except AdbError as exc:
+                raise AnsibleError(f"adb {self.client.serial}: {exc}") from exc
+            got = _digests(tmp)[0 if fields[0] == "sha256" else 1]
+            if got != fields[1]:
+                raise AnsibleError(
+                    f"adb {self.client.serial}: {in_path}: {fields[0]} on the device {fields[1]} != fetched {got}"
+                )
+            if fields[0] == "md5":
+                display.warning(f"adb {self.client.serial}: no sha256sum on the device, {in_path} verified with md5")
             os.replace(tmp, local)
-        except AdbError as exc:
-            raise AnsibleError(str(exc)) from exc
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
+    # --------------------------------------------------------------------------------------------------- state
+
+    def session_stats(self) -> dict[str, t.Any] | None:
+        """Logins and commands of the host's logged-in session, None without one (for tests and benchmarks)."""
+        self._connect()
+        if self._socket_path is None:
+            return None
+        return self._unwrap(*_session_daemon.request(self._socket_path, self._config(), {"op": "stats"}, self._vvv))[0]
+
     def reset(self) -> None:
-        """Forget the device's state; the next command reconnects."""
-        self.close()
+        """End the host's logged-in session, if any (meta: reset_connection): the next task logs in again."""
+        socket_path = self._control_socket()
+        if os.path.exists(socket_path):
+            with contextlib.suppress(OSError):  # it had exited already
+                _session_daemon.call(socket_path, {"op": "stop"})
+        self._socket_path = None
+        self._connected = False
 
     def close(self) -> None:
-        """Mark the connection closed (the adb server keeps its own link to the device)."""
+        """Mark the connection closed; the adb server and a logged-in session stay for the next task."""
         self._connected = False
 
 
-def _digest(path: bytes, algo: str) -> str:
-    hasher = hashlib.sha256() if algo == "sha256" else hashlib.md5()  # noqa: S324  # md5: device has nothing else
+def _digests(path: str) -> tuple[str, str]:
+    """(sha256, md5) of a local file in one read: which one the device can check is known only afterwards."""
+    sha256 = hashlib.sha256()
+    md5 = hashlib.md5()  # noqa: S324  # md5 only where the device has nothing better
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
-            hasher.update(block)
-    return hasher.hexdigest()
+            sha256.update(block)
+            md5.update(block)
+    return sha256.hexdigest(), md5.hexdigest()

@@ -204,11 +204,7 @@ EXAMPLES = r"""
 
 import contextlib
 import hashlib
-import json
 import os
-import socket
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -291,58 +287,17 @@ class Connection(ConnectionBase):
         display.vvv(f"telnet: {msg}", host=str(self.get_option("remote_addr")))
 
     def _ensure_daemon(self, cfg: dict[str, Any]) -> None:
-        """Reuse the host's background session, or start one (under a lock: forks may race for the same host)."""
-        import fcntl  # pylint: disable=import-outside-toplevel  # POSIX only, like the rest of this plugin
-
+        """Reuse the host's background session, or start one (shared with the adb plugin: _session_daemon)."""
         if self._socket_path is None:
             raise AnsibleError("telnet: no control socket path (internal error)")
-        with open(f"{self._socket_path}.lock", "a", encoding="ascii") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                stats = self._daemon_call({"op": "stats"})[0]
-                self._vvv(f"reusing session (pid {stats['pid']}, logins so far {stats['logins']})")
-                return
-            except OSError:
-                pass  # none yet, or it exited (idle, killed): start one
-            self._vvv("starting a background session")
-            daemon = os.path.join(os.path.dirname(_session_daemon.__file__), "_session_daemon.py")
-            proc = subprocess.Popen(  # pylint: disable=consider-using-with  # it outlives this task on purpose
-                [sys.executable, daemon],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-                close_fds=True,
-            )
-            if proc.stdin is None or proc.stdout is None:
-                raise AnsibleError("telnet: could not talk to the session process")
-            # Settings, password included, go through the pipe: never on a command line.
-            proc.stdin.write(json.dumps({**cfg, "socket_path": self._socket_path}).encode() + b"\n")
-            proc.stdin.close()
-            line = proc.stdout.readline()
-            proc.stdout.close()
-            try:
-                reply = json.loads(line) if line else {"error": "SessionError", "msg": "the session process died"}
-            except ValueError:
-                reply = {"error": "SessionError", "msg": f"the session process said {line[:200]!r}"}
-            if "error" in reply:
-                proc.wait()
-                self._unwrap(reply, b"")
-            self._vvv(f"background session {reply['pid']} logged in")
+        reply = _session_daemon.ensure(self._socket_path, cfg, self._vvv)
+        if "error" in reply:
+            self._unwrap(reply, b"")
 
     def _daemon_call(self, req: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         if self._socket_path is None:
             raise ConnectionRefusedError("no background session")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.connect(self._socket_path)
-            sock.sendall(json.dumps(req).encode() + b"\n")
-            reader = sock.makefile("rb")
-            line = reader.readline()
-            if not line:
-                raise ConnectionResetError("the background session closed the request")
-            reply = json.loads(line)
-            payload = reader.read(reply.get("len", 0)) if reply.get("len") else b""
-            return reply, payload
+        return _session_daemon.call(self._socket_path, req)
 
     def _local_call(self, req: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         if self._local_session is None:

@@ -4,14 +4,27 @@
 
 A thin wrapper over the stock `adb` client (Debian's 1.0.41 and current platform-tools) for the adb connection
 plugin: device selection by serial (USB serial or host:port), `adb connect` for TCP serials with the device's
-answer turned into a clear error, features, one-shot shell, push and pull.
+answer turned into a clear error, features, framed one-shot shells, push and pull, and an interactive `adb shell`
+as a byte stream for the shared shell session (_shell_session.ShellSession) when the device asks for a login.
+
+Pure Python with no Ansible import: the persistent session process (_session_daemon.py) imports it too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import select
+import signal
 import subprocess
+import time
 import typing as t
+
+try:
+    from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._shell_session import prompt_text
+except ImportError:  # inside the session process, started as a script: this directory is sys.path[0]
+    from _shell_session import prompt_text  # type: ignore[no-redef]
 
 # What `adb get-state` / `adb connect` print, and what each means for the user.
 STATE_ERRORS = {
@@ -20,10 +33,81 @@ STATE_ERRORS = {
     "offline": "the device is offline (adbd not answering: replug it, or restart adbd on the device)",
     "no permissions": "no permission to open the USB device (udev rules for adb, or run as root)",
 }
+# adb client messages that mean the device (not the command) is gone.
+GONE_RE = re.compile(
+    r"error: (?:closed|device offline|device '[^']*' not found|no devices|protocol fault|"
+    r"device unauthorized|device still connecting)|connection reset|broken pipe|failed to get feature set",
+    re.IGNORECASE,
+)
 
 
 class AdbError(Exception):
     """The adb client or the device refused; the message says why in the user's terms."""
+
+
+class DeviceGone(AdbError):
+    """The device went away (unplugged, adbd died, link cut): the host is unreachable."""
+
+
+class LoginRequired(AdbError):
+    """The device's adb shell greeted with a login prompt before running the command (which therefore never ran)."""
+
+
+# --------------------------------------------------------------------------------------------------- framing
+
+
+def frame(command: str, token: str, tmp_dir: str | None = "/tmp") -> str:
+    """Wrap a command so it runs in a known way and its exit status and stderr follow its stdout.
+
+    Printed: a begin marker (anything before it is the device's greeting, such as a login prompt), the command's
+    stdout, an end marker with the exit status, then the command's stderr (kept in a temp file meanwhile; merged
+    into stdout when tmp_dir is unset or not writable). The command runs in a subshell (its own `exit` cannot skip
+    the frame) with stdin from /dev/null (no command can hang reading the pty). Markers are assembled by printf
+    from two arguments, so the command text itself (which `ps` could print) never contains one whole.
+    """
+    err = ""
+    show_err = ""
+    if tmp_dir:
+        err_file = f"{tmp_dir}/.fmadb-err-{token}"
+        err = f"FMe={err_file}; true 2>/dev/null >$FMe && exec 2>$FMe || FMe=\n"
+        show_err = '\n[ -n "$FMe" ] && { [ -s $FMe ] && cat $FMe; rm -f $FMe; }'
+    return (
+        f"printf '%s%s\\n' __FMB_ {token}\n{err}(\n{command}\n) </dev/null\n"
+        f"FMr=$?; exec 2>&1; printf '\\n%s%s:%d\\n' __FME_ {token} $FMr{show_err}"
+    )
+
+
+def begin_marker(token: str) -> bytes:
+    return b"__FMB_" + token.encode() + b"\n"
+
+
+def unframe(output: bytes, token: str) -> tuple[int, bytes, bytes]:
+    """(exit status, stdout, stderr) of a framed command's output; CRLF from the device's pty becomes LF.
+
+    A pty turns each LF the program writes into CRLF (and leaves a lone CR alone), so CRLF -> LF is its exact
+    inverse: the program's own CR bytes survive.
+    """
+    data = output.replace(b"\r\n", b"\n")
+    begin = begin_marker(token)
+    start = data.find(begin)
+    if start < 0:
+        raise AdbError(f"the device did not start the command (it said: {_printable(data)!r})")
+    data = data[start + len(begin) :]
+    marker = b"\n__FME_" + token.encode() + b":"
+    at = data.find(marker)
+    if at < 0:
+        raise DeviceGone("the command's output ended before its exit status (connection cut while it ran?)")
+    status, _nl, stderr = data[at + len(marker) :].partition(b"\n")
+    if not status.strip().isdigit():
+        raise DeviceGone(f"unreadable exit status in framed output: {status[:40]!r}")
+    return int(status), data[:at], stderr
+
+
+def _printable(data: bytes, limit: int = 200) -> str:
+    return data[-limit:].decode(errors="replace").strip()
+
+
+# ---------------------------------------------------------------------------------------------------- client
 
 
 class AdbClient:
@@ -47,16 +131,16 @@ class AdbClient:
             cmd += ["-s", self.serial]
         return cmd + list(args)
 
-    def run(
-        self, *args: str, device: bool = True, timeout: float | None = None, data: bytes | None = None
-    ) -> subprocess.CompletedProcess[bytes]:
+    def run(self, *args: str, device: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
         cmd = self.argv(*args, device=device)
         try:
-            return subprocess.run(cmd, input=data, capture_output=True, timeout=timeout or self.timeout, check=False)
+            return subprocess.run(
+                cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout or self.timeout, check=False
+            )
         except FileNotFoundError as exc:
             raise AdbError(f"adb client not found at {self.adb_path!r} (install it, or set adb_path)") from exc
         except subprocess.TimeoutExpired as exc:
-            raise AdbError(f"adb {' '.join(args[:2])} on {self.serial} timed out after {exc.timeout:.0f} s") from exc
+            raise DeviceGone(f"adb {' '.join(args[:1])} on {self.serial} timed out after {exc.timeout:.0f} s") from exc
 
     def state(self) -> str:
         """The device's state as the adb server sees it (device, offline, unauthorized, ...), or '' if unknown."""
@@ -74,43 +158,121 @@ class AdbClient:
         state = self.state()
         if state == "device":
             return
-        if self.is_tcp and state == "":
+        if self.is_tcp and state in ("", "offline"):
+            if state == "offline":
+                self.disconnect()  # a stale transport: connect afresh rather than wait for it
             proc = self.run("connect", self.serial, device=False)
             answer = (proc.stdout + proc.stderr).decode(errors="replace").strip()
             if "connected to" not in answer or "failed" in answer or "unable" in answer:
-                raise AdbError(f"adb connect {self.serial} failed: {answer or 'no answer'}")
-            state = self.state()
+                raise DeviceGone(f"adb connect {self.serial} failed: {answer or 'no answer'}")
+            state = self._settle()
         if state == "device":
             return
         if state in STATE_ERRORS:
-            raise AdbError(f"{self.serial}: {STATE_ERRORS[state]}")
-        raise AdbError(f"{self.serial}: device not found by the adb server (not plugged in, or wrong serial)")
+            raise DeviceGone(f"{self.serial}: {STATE_ERRORS[state]}")
+        raise DeviceGone(f"{self.serial}: device not found by the adb server (not plugged in, or wrong serial)")
 
-    def features(self) -> set[str]:
+    def _settle(self, wait: float = 5.0) -> str:
+        """State after `adb connect`, which returns before the device's CNXN (or AUTH) has come back."""
+        deadline = time.monotonic() + min(wait, self.timeout)
+        while True:
+            state = self.state()
+            if state == "device" or time.monotonic() >= deadline:
+                return state
+            time.sleep(0.1)
+
+    def features(self) -> set[str] | None:
+        """The device's features, or None when the adb server does not know the device (yet)."""
         proc = self.run("features")
         if proc.returncode != 0:
-            return set()
+            return None
         return {f.strip() for f in re.split(r"[\s,]+", proc.stdout.decode(errors="replace")) if f.strip()}
 
     def disconnect(self) -> None:
         if self.is_tcp:
             self.run("disconnect", self.serial, device=False)
 
-    def shell(self, command: str, shell_v2: bool, timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
-        # Without shell_v2 the device runs the command under a pty (CRLF, stderr merged) and adb exits 0 anyway;
-        # with it, -T keeps the output raw and adb returns the remote exit status.
-        args = ["shell", "-T", command] if shell_v2 else ["shell", command]
-        return self.run(*args, timeout=timeout)
+    def shell_v2(self, command: str, timeout: float | None = None) -> tuple[int, bytes, bytes]:
+        """Run a command with the shell protocol (-T: no pty, raw output); adb returns the remote exit status."""
+        proc = self.run("shell", "-T", command, timeout=timeout)
+        if proc.returncode == 255 and GONE_RE.search(proc.stderr.decode(errors="replace")):
+            raise DeviceGone(f"adb shell on {self.serial}: {_printable(proc.stderr)}")
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def shell_framed(
+        self,
+        command: str,
+        token: str,
+        tmp_dir: str | None,
+        timeout: float | None = None,
+        login_res: t.Sequence[str] = (),
+    ) -> tuple[int, bytes, bytes]:
+        """Run a framed command on a device without shell_v2 and return its real (rc, stdout, stderr).
+
+        When the device prints something matching one of login_res (login, password prompt) before the command's
+        begin marker and then waits, the shell is asking for a login: LoginRequired is raised (the command never
+        started).
+        """
+        argv = self.argv("shell", frame(command, token, tmp_dir))
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except FileNotFoundError as exc:
+            raise AdbError(f"adb client not found at {self.adb_path!r} (install it, or set adb_path)") from exc
+        deadline = time.monotonic() + (timeout or self.timeout) if (timeout or self.timeout) else None
+        out, err = bytearray(), bytearray()
+        streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}  # type: ignore[union-attr]
+        started = False
+        begin = begin_marker(token)
+        login = [re.compile(regex) for regex in login_res]
+        try:
+            while streams:
+                wait = 0.3 if (login and not started and out) else 1.0
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise DeviceGone(f"adb shell on {self.serial}: no answer within {timeout or self.timeout:g}s")
+                    wait = min(wait, left)
+                ready = select.select(list(streams), [], [], wait)[0]
+                asking = not ready and login and not started and out
+                if asking and any(regex.search(prompt_text(out)) for regex in login):
+                    raise LoginRequired(f"{self.serial}: the adb shell asks for a login")
+                for fd in ready:
+                    chunk = os.read(fd, 262144)
+                    if chunk:
+                        streams[fd] += chunk
+                    else:
+                        del streams[fd]
+                if not started and begin in out.replace(b"\r\n", b"\n"):
+                    started = True
+            rc = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        text = err.decode(errors="replace")
+        if rc != 0 or (not started and GONE_RE.search(text)):
+            # Old adbd always returns 0: a failure here is the client's or the transport's.
+            raise DeviceGone(f"adb shell on {self.serial} failed: {(text or _printable(bytes(out))).strip()[-400:]}")
+        return unframe(bytes(out), token)
 
     def push(self, local: str, remote: str) -> None:
         proc = self.run("push", local, remote, timeout=max(self.timeout, 600))
         if proc.returncode != 0:
-            raise AdbError(f"adb push to {remote} failed: {_tail(proc)}")
+            raise self._transfer_error(f"adb push to {remote} failed: {_tail(proc)}")
 
     def pull(self, remote: str, local: str) -> None:
         proc = self.run("pull", remote, local, timeout=max(self.timeout, 600))
         if proc.returncode != 0:
-            raise AdbError(f"adb pull of {remote} failed: {_tail(proc)}")
+            raise self._transfer_error(f"adb pull of {remote} failed: {_tail(proc)}")
+
+    def _transfer_error(self, message: str) -> AdbError:
+        """DeviceGone when the device itself is no longer there, else a plain AdbError (disk full, no such file)."""
+        if self.state() != "device":
+            return DeviceGone(f"{message} (the device is gone)")
+        return AdbError(message)
 
 
 def _tail(proc: subprocess.CompletedProcess[bytes], limit: int = 400) -> str:
@@ -120,3 +282,67 @@ def _tail(proc: subprocess.CompletedProcess[bytes], limit: int = 400) -> str:
 
 def feature_list(features: t.Iterable[str]) -> str:
     return ",".join(sorted(features)) or "none"
+
+
+# ------------------------------------------------------------------------------------------- interactive stream
+
+
+class AdbShellStream:
+    """An interactive `adb shell` (a pty on the device) as a _shell_session.Stream, for devices that ask for a login.
+
+    The adb client forwards its stdin to the device's pty and the pty's output to its stdout. Errors of the client
+    itself (device gone) arrive on the same stream, where the session's login step reports them.
+    """
+
+    def __init__(self, client: AdbClient) -> None:
+        try:
+            self.proc = subprocess.Popen(  # pylint: disable=consider-using-with  # lives as long as the session
+                client.argv("shell"),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                bufsize=0,
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise AdbError(f"adb client not found at {client.adb_path!r} (install it, or set adb_path)") from exc
+        self.eof = False
+
+    def fileno(self) -> int:
+        return self.proc.stdout.fileno()  # type: ignore[union-attr]
+
+    def send(self, data: bytes) -> None:
+        fd = self.proc.stdin.fileno()  # type: ignore[union-attr]
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    def recv(self, timeout: float | None) -> bytes | None:
+        if not select.select([self.fileno()], [], [], timeout)[0]:
+            return None
+        data = os.read(self.fileno(), 262144)
+        if not data:
+            self.eof = True
+        return data
+
+    def alive(self) -> bool:
+        """False once the adb client exited (device gone, shell ended) or its output reached EOF."""
+        return not self.eof and self.proc.poll() is None
+
+    def close(self) -> None:
+        self.eof = True
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        with contextlib.suppress(OSError):
+            self.proc.stdout.close()  # type: ignore[union-attr]
+
+    def local_address(self) -> str | None:
+        return None

@@ -1,13 +1,13 @@
 # Copyright (c) fleetmesh developers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Private to fleetmesh.tailscale: keeps one logged-in telnet shell per host alive across Ansible tasks.
+"""Private to fleetmesh.tailscale: keeps one logged-in shell per host (telnet, adb) alive across Ansible tasks.
 
 Ansible makes a new connection object for every task, so without this each task would log in again. Like ssh's
-ControlPersist, the first task spawns this small process (`python _session_daemon.py`, settings and password on
-its stdin, never on the command line); it logs in, answers on a unix socket only its owner can open, runs each
-request on its ShellSession (which logs in again by itself when the device dropped the session), and exits after
-`persist` idle seconds or on a `stop` request. Ansible's own persistent framework (ansible-connection) was not
-used: it is built around JSON-RPC for network_cli-style plugins and would need the same proxying anyway.
+ControlPersist, the first task spawns this small process with ensure() (`python _session_daemon.py`, settings and
+password on its stdin, never on the command line); it logs in, answers on a unix socket only its owner can open,
+runs each request on its ShellSession (which logs in again by itself when the device dropped the session), and
+exits after `persist` idle seconds or on a `stop` request. Ansible's own persistent framework (ansible-connection)
+was not used: it is built around JSON-RPC for network_cli-style plugins and would need the same proxying anyway.
 
 Wire format, one request per connection: a JSON line in; a JSON line out followed by `len` raw bytes for results
 that carry output.
@@ -25,16 +25,26 @@ import sys
 from typing import Any
 
 try:
-    from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils import _http_push, _shell_session
+    from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils import _adb_client, _http_push, _shell_session
 except ImportError:  # started as a script by the connection plugin: this directory is sys.path[0]
+    import _adb_client  # type: ignore[no-redef]
     import _http_push  # type: ignore[no-redef]
     import _shell_session  # type: ignore[no-redef]
 
 
 def build_session(cfg: dict[str, Any], log: Any) -> _shell_session.ShellSession:
+    """A session over telnet (cfg host/port) or over an interactive `adb shell` (cfg transport "adb", cfg adb)."""
     login = _shell_session.LoginSettings(**cfg["login"])
 
-    def connect() -> _shell_session.TelnetStream:
+    def connect() -> _shell_session.Stream:
+        if cfg.get("transport") == "adb":
+            adb = cfg["adb"]
+            client = _adb_client.AdbClient(adb["path"], adb["serial"], adb["server_port"], cfg["connect_timeout"])
+            try:
+                client.ensure_ready()
+                return _adb_client.AdbShellStream(client)
+            except _adb_client.AdbError as err:
+                raise _shell_session.ConnectError(str(err)) from None
         return _shell_session.TelnetStream(cfg["host"], cfg["port"], cfg["connect_timeout"])
 
     return _shell_session.ShellSession(connect, login, log=log, command_timeout=cfg["command_timeout"])
@@ -107,6 +117,80 @@ def serve(cfg: dict[str, Any], session: _shell_session.ShellSession, listener: s
             reply["len"] = len(payload)
             with contextlib.suppress(OSError):  # the task died (Ctrl-C); the session itself is still good
                 conn.sendall(json.dumps(reply).encode() + b"\n" + payload)
+
+
+# ------------------------------------------------------------------------------------- client side (the plugins)
+
+
+def call(socket_path: str, req: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """One request to a running session process; OSError when there is none (or it went away)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(socket_path)
+        sock.sendall(json.dumps(req).encode() + b"\n")
+        reader = sock.makefile("rb")
+        line = reader.readline()
+        if not line:
+            raise ConnectionResetError("the background session closed the request")
+        reply = json.loads(line)
+        payload = reader.read(reply.get("len", 0)) if reply.get("len") else b""
+        return reply, payload
+
+
+def ensure(socket_path: str, cfg: dict[str, Any], log: Any) -> dict[str, Any]:
+    """Reuse the session process behind socket_path, or start one and wait for its login (under a lock: forks race).
+
+    Returns its stats reply ({"pid", "logins", ...}), or {"error": kind, "msg": text} when it could not log in.
+    Settings, password included, go to the new process through a pipe: never on a command line.
+    """
+    import fcntl  # pylint: disable=import-outside-toplevel  # POSIX only, like the plugins using it
+    import subprocess  # pylint: disable=import-outside-toplevel  # the session process itself never needs it
+
+    with open(f"{socket_path}.lock", "a", encoding="ascii") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            stats = call(socket_path, {"op": "stats"})[0]
+            log(f"reusing session (pid {stats['pid']}, logins so far {stats['logins']})")
+            return stats
+        except OSError:
+            pass  # none yet, or it exited (idle, killed): start one
+        log("starting a background session")
+        proc = subprocess.Popen(  # pylint: disable=consider-using-with  # it outlives this task on purpose
+            [sys.executable, os.path.abspath(__file__)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+        if proc.stdin is None or proc.stdout is None:
+            return {"error": "SessionError", "msg": "could not talk to the session process"}
+        proc.stdin.write(json.dumps({**cfg, "socket_path": socket_path}).encode() + b"\n")
+        proc.stdin.close()
+        line = proc.stdout.readline()
+        proc.stdout.close()
+        try:
+            reply = json.loads(line) if line else {"error": "SessionError", "msg": "the session process died"}
+        except ValueError:
+            reply = {"error": "SessionError", "msg": f"the session process said {line[:200]!r}"}
+        if "error" in reply:
+            proc.wait()
+        else:
+            log(f"background session {reply['pid']} logged in")
+        return dict(reply)
+
+
+def request(socket_path: str, cfg: dict[str, Any], req: dict[str, Any], log: Any) -> tuple[dict[str, Any], bytes]:
+    """call(), starting the session process first when it is gone (idle exit, killed); errors come back as replies."""
+    for attempt in (1, 2):
+        try:
+            return call(socket_path, req)
+        except OSError as err:
+            if attempt == 2:
+                return {"error": "ConnectError", "msg": f"the session process is unusable: {err}"}, b""
+            reply = ensure(socket_path, cfg, log)
+            if "error" in reply:
+                return reply, b""
+    raise AssertionError("unreachable")
 
 
 def _terminate(_signum: int, _frame: Any) -> None:

@@ -100,6 +100,8 @@ class LoginSettings:
     prompt_re: str = DEFAULT_PROMPT_RE
     failure_re: str = DEFAULT_FAILURE_RE
     timeout: float = 20.0
+    # What ends a typed answer: telnet's NVT wants CR LF; a pty behind adb (ICRNL) would read CR LF as two lines.
+    line_end: str = "\r\n"
 
 
 @dataclasses.dataclass
@@ -310,8 +312,11 @@ class ShellSession:
         prompt_re, failure_re = re.compile(s.prompt_re), re.compile(s.failure_re)
         deadline = time.monotonic() + s.timeout
         sent_user = sent_password = False
+        eol = s.line_end.encode()
         while True:
             text = prompt_text(self.buf)
+            if s.password:
+                text = text.replace(s.password, "********")  # a device that echoes it must not get it into a message
             if (sent_user or sent_password) and failure_re.search(text):
                 raise LoginError(f"login as {s.user!r} refused: wrong credentials ({text.strip()[-80:]!r})")
             if password_re.search(text):
@@ -319,21 +324,22 @@ class ShellSession:
                     raise LoginError(f"login as {s.user!r} refused: wrong credentials (asked for the password again)")
                 self.log("answering the password prompt")
                 self.buf.clear()
-                self._send((s.password or "").encode() + b"\r\n")
+                self._send((s.password or "").encode() + eol)
                 sent_password = True
             elif login_re.search(text):
                 if sent_user:
                     raise LoginError(f"login as {s.user!r} refused: wrong credentials (login prompt came back)")
                 self.log(f"answering the login prompt as {s.user}")
                 self.buf.clear()
-                self._send(s.user.encode() + b"\r\n")
+                self._send(s.user.encode() + eol)
                 sent_user = True
             elif prompt_re.search(text):
                 return
             try:
                 self._fill(deadline, "prompt")
             except TimeoutError:
-                seen = prompt_text(self.buf).strip()[-120:]
+                seen = prompt_text(self.buf)
+                seen = (seen.replace(s.password, "********") if s.password else seen).strip()[-120:]
                 raise LoginError(
                     f"no shell prompt within {s.timeout:g}s (last output: {seen!r}); check the prompt regexes"
                 ) from None
