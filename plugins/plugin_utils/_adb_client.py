@@ -164,7 +164,10 @@ class AdbClient:
             proc = self.run("connect", self.serial, device=False)
             answer = (proc.stdout + proc.stderr).decode(errors="replace").strip()
             if "connected to" not in answer or "failed" in answer or "unable" in answer:
-                raise DeviceGone(f"adb connect {self.serial} failed: {answer or 'no answer'}")
+                why = STATE_ERRORS.get(self.state())  # e.g. offline: it took the TCP connection but said nothing
+                raise DeviceGone(
+                    f"adb connect {self.serial} failed: {answer or 'no answer'}" + (f"; {why}" if why else "")
+                )
             state = self._settle()
         if state == "device":
             return
