@@ -16,12 +16,14 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan 
     LinkSpec,
     apply_script,
     check_script,
+    device_path,
     manifest_text,
     parse_manifest,
     plan_from_output,
     prepare_script,
     remove_script,
     space_errors,
+    staging_root,
     tmp_name,
 )
 
@@ -49,6 +51,7 @@ ARGUMENT_SPEC: dict[str, t.Any] = {
     "remount_root": {"type": "bool", "default": False},
     "manifest": {"type": "str", "default": ""},
     "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+    "root": {"type": "str", "default": ""},
 }
 
 
@@ -58,13 +61,6 @@ def _sha256(path: str) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _device_path(value: str, what: str) -> str:
-    value = str(value)
-    if not value.startswith("/") or "\n" in value or value.rstrip("/") != value or "/../" in f"{value}/":
-        raise AnsibleActionFail(f"{what}: {value!r} must be an absolute path without '..', newline or trailing /")
-    return value
 
 
 class ActionModule(ActionBase):
@@ -78,16 +74,18 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         del tmp
         _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        manifest = _device_path(args["manifest"], "manifest") if args["manifest"] else ""
+        root = staging_root(args["root"])
+        manifest = device_path(args["manifest"], "manifest", root) if args["manifest"] else ""
         if args["state"] == "absent":
             if not manifest:
                 raise AnsibleActionFail("state=absent needs manifest: it removes exactly what the manifest lists")
-            return self._remove(result, manifest, bool(args["remount_root"]))
-        files = [self._file_spec(item) for item in args["files"]]
+            return self._remove(result, manifest, bool(args["remount_root"]), root)
+        files = [self._file_spec(item, root) for item in args["files"]]
         links = [
-            LinkSpec(_device_path(item["path"], "links.path"), str(item["target"]).strip()) for item in args["links"]
+            LinkSpec(device_path(item["path"], "links.path", root), str(item["target"]).strip())
+            for item in args["links"]
         ]
-        dirs = [_device_path(d, "dirs") for d in args["dirs"]]
+        dirs = [device_path(d, "dirs", root) for d in args["dirs"]]
         if any(not lk.target or "\n" in lk.target for lk in links):
             raise AnsibleActionFail("links.target must be a non-empty single line")
         if len({f.dest for f in files} | {lk.path for lk in links}) != len(files) + len(links):
@@ -95,7 +93,7 @@ class ActionModule(ActionBase):
 
         run = run_script(self, check_script(files, links, manifest), "install_files check")
         try:
-            plan = plan_from_output(run.stdout, files, links, dirs, manifest)
+            plan = plan_from_output(run.stdout, files, links, dirs, manifest, root=root)
         except ValueError as exc:
             raise AnsibleActionFail(f"install_files: {exc}; device said: {run.stderr.strip()[:400]}") from exc
         result.update(
@@ -124,7 +122,7 @@ class ActionModule(ActionBase):
             verify_stage=str(args["verify_stage"]),
             remount_root=bool(args["remount_root"]),
             manifest=manifest,
-            manifest_body=manifest_text(files, links, dirs),
+            manifest_body=manifest_text(files, links, dirs, root),
         )
         done = run_script(self, script, "install_files apply")
         sec = parse_sections(done.stdout)
@@ -136,20 +134,21 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail(f"install failed (rc={done.rc}): {(done.stdout + done.stderr).strip()[:800]}")
         return result
 
-    def _file_spec(self, item: dict[str, t.Any]) -> FileSpec:
+    def _file_spec(self, item: dict[str, t.Any], root: str) -> FileSpec:
         src = str(item["src"])
         if not os.path.isfile(src):
             raise AnsibleActionFail(f"files.src {src!r} is not a file on the controller")
         mode = str(item["mode"])
         if not mode.isdigit() or len(mode) not in (3, 4) or any(c > "7" for c in mode):
             raise AnsibleActionFail(f"files.mode {mode!r} must be octal like '0755'")
-        return FileSpec(src, _device_path(item["dest"], "files.dest"), mode, os.path.getsize(src), _sha256(src))
+        return FileSpec(src, device_path(item["dest"], "files.dest", root), mode, os.path.getsize(src), _sha256(src))
 
-    def _remove(self, result: dict[str, t.Any], manifest: str, remount_root: bool) -> dict[str, t.Any]:
-        run = run_script(self, remove_script(manifest, remount_root, bool(self._task.check_mode)), "install_files")
+    def _remove(self, result: dict[str, t.Any], manifest: str, remount_root: bool, root: str) -> dict[str, t.Any]:
+        script = remove_script(manifest, remount_root, bool(self._task.check_mode), root)
+        run = run_script(self, script, "install_files")
         sec = parse_sections(run.stdout)
         if "end" not in sec:
             raise AnsibleActionFail(f"removal failed (rc={run.rc}): {(run.stdout + run.stderr).strip()[:800]}")
-        removed = [path for _kind, path in parse_manifest(sec.get("manifest", ""))]
+        removed = [path for _kind, path in parse_manifest(sec.get("manifest", ""), root)]
         result.update(changed="absent" not in sec, removed=removed)
         return result

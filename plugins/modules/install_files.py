@@ -73,6 +73,14 @@ options:
     type: str
     default: links
     choices: [files, links]
+  root:
+    description:
+      - Rootfs staging dir on the target (with a C(local) connection, a firmware image tree on the controller).
+        Every path written (O(files[].dest), O(links[].path), O(dirs), O(manifest)) goes below it; link targets
+        stay as given (in-image paths) and the manifest lists in-image paths.
+      - Empty (the default) writes the device itself. C(/) is refused.
+    type: str
+    default: ''
   remount_root:
     description: When C(/) is mounted read-only, remount it read-write around the symlink changes, then sync and
       remount it read-only.

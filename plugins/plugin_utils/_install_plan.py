@@ -14,6 +14,7 @@ import posixpath
 import typing as t
 from dataclasses import dataclass, field
 
+from ansible.errors import AnsibleActionFail
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import parse_sections, sh_quote
 
 TMP_SUFFIX = ".fmtmp"
@@ -26,6 +27,24 @@ _PRELUDE = r"""h() { [ -f "$1" ] && [ ! -L "$1" ] || { echo -; return; }
   if command -v sha256sum >/dev/null 2>&1; then sha256sum "$1"; else busybox sha256sum "$1"; fi | sed 's/ .*//'; }
 l() { if [ -L "$1" ]; then readlink "$1"; elif [ -e "$1" ]; then echo '!notlink'; else echo -; fi; }
 """
+
+
+def device_path(value: str, what: str, root: str = "") -> str:
+    value = str(value)
+    if not value.startswith("/") or "\n" in value or value.rstrip("/") != value or "/../" in f"{value}/":
+        raise AnsibleActionFail(f"{what}: {value!r} must be an absolute path without '..', newline or trailing /")
+    return root + value
+
+
+def staging_root(value: t.Any) -> str:
+    """A rootfs staging dir (every written path goes below it; link targets stay in-image), or ''."""
+    raw = str(value or "")
+    if not raw:
+        return ""
+    root = raw.rstrip("/")
+    if not root:
+        raise AnsibleActionFail("root: '/' is not a staging dir; leave root empty to write the device itself")
+    return device_path(root, "root")
 
 
 @dataclass
@@ -58,18 +77,32 @@ class Plan:
         return bool(self.uploads or self.links or self.mode_fixes or self.manifest_stale)
 
 
-def manifest_text(files: t.Sequence[FileSpec], links: t.Sequence[LinkSpec], dirs: t.Sequence[str]) -> str:
-    """What the device keeps to remove exactly this install later: one `kind path` line per item."""
-    lines = [f"dir {d}" for d in dirs] + [f"file {f.dest}" for f in files] + [f"link {lk.path}" for lk in links]
+def unroot(path: str, root: str) -> str:
+    """The in-image path of a path under a rootfs staging dir (``root`` empty: the path itself)."""
+    return path[len(root) :] if root and path.startswith(root + "/") else path
+
+
+def manifest_text(
+    files: t.Sequence[FileSpec], links: t.Sequence[LinkSpec], dirs: t.Sequence[str], root: str = ""
+) -> str:
+    """What the device keeps to remove exactly this install later: one `kind path` line per item.
+
+    Under a rootfs staging dir ``root`` the manifest lists in-image paths, so it stays right inside the image.
+    """
+    lines = (
+        [f"dir {unroot(d, root)}" for d in dirs]
+        + [f"file {unroot(f.dest, root)}" for f in files]
+        + [f"link {unroot(lk.path, root)}" for lk in links]
+    )
     return "\n".join(lines) + "\n"
 
 
-def parse_manifest(text: str) -> list[tuple[str, str]]:
+def parse_manifest(text: str, root: str = "") -> list[tuple[str, str]]:
     items = []
     for line in text.splitlines():
         kind, _sep, path = line.partition(" ")
         if kind in ("dir", "file", "link") and path.startswith("/"):
-            items.append((kind, path))
+            items.append((kind, root + path))
     return items
 
 
@@ -94,7 +127,13 @@ def check_script(files: t.Sequence[FileSpec], links: t.Sequence[LinkSpec], manif
 
 
 def plan_from_output(
-    output: str, files: t.Sequence[FileSpec], links: t.Sequence[LinkSpec], dirs: t.Sequence[str], manifest: str
+    output: str,
+    files: t.Sequence[FileSpec],
+    links: t.Sequence[LinkSpec],
+    dirs: t.Sequence[str],
+    manifest: str,
+    *,
+    root: str = "",
 ) -> Plan:
     """Compare what the device reported with what is wanted; raise ValueError when the output is cut short."""
     sec = parse_sections(output)
@@ -132,9 +171,10 @@ def plan_from_output(
     plan.free = {m: (needed[m], mounts[m]) for m in needed}
     plan.root_readonly = "ro" in sec.get("root", "").strip().split(",")
     if manifest:
-        plan.manifest_stale = sec.get("manifest", "").strip() != manifest_text(files, links, dirs).strip()
-        wanted = set(parse_manifest(manifest_text(files, links, dirs)))
-        plan.stale_items = [item for item in parse_manifest(sec.get("manifest", "")) if item not in wanted]
+        body = manifest_text(files, links, dirs, root)
+        plan.manifest_stale = sec.get("manifest", "").strip() != body.strip()
+        wanted = set(parse_manifest(body, root))
+        plan.stale_items = [item for item in parse_manifest(sec.get("manifest", ""), root) if item not in wanted]
     return plan
 
 
@@ -168,9 +208,22 @@ def apply_script(
     remount_root: bool,
     manifest: str,
     manifest_body: str,
+    syntax_check: t.Collection[str] = (),
 ) -> str:
-    """Put uploaded files in place, verify, switch links; on a failed verify undo everything this run did."""
+    """Put uploaded files in place, verify, switch links; on a failed verify undo everything this run did.
+
+    Uploaded files whose dest is in ``syntax_check`` are shell scripts: `sh -n` checks each temp copy before any
+    file moves, so a broken script never replaces a working one (section ``syntax``, exit 4).
+    """
     out = ["set -u", "rc=0"]
+    checks = [f for f in plan.uploads if f.dest in syntax_check]
+    if checks:
+        drop = "; ".join(f"rm -f {sh_quote(tmp_name(f.dest))}" for f in plan.uploads)
+        for f in checks:
+            out.append(
+                f"if ! sout=$(sh -n {sh_quote(tmp_name(f.dest))} 2>&1); then {drop}; "
+                f'echo @@syntax; echo {sh_quote(f.dest)}: "$sout"; echo @@end; exit 4; fi'
+            )
     if dirs:
         out.append(f"mkdir -p {' '.join(sh_quote(d) for d in dirs)} || exit 1")
     undo_files: list[str] = []
@@ -231,9 +284,13 @@ def apply_script(
     return "\n".join(out) + "\n"
 
 
-def remove_script(manifest: str, remount_root: bool, check_only: bool) -> str:
-    """Remove exactly what the manifest lists (files; links only while they are links; dirs only when empty)."""
+def remove_script(manifest: str, remount_root: bool, check_only: bool, root: str = "") -> str:
+    """Remove exactly what the manifest lists (files; links only while they are links; dirs only when empty).
+
+    ``root``: a rootfs staging dir; the manifest's in-image paths are removed below it.
+    """
     m = sh_quote(manifest)
+    r = sh_quote(root)
     out = [f"[ -f {m} ] || {{ echo @@absent; echo @@end; exit 0; }}", f"echo @@manifest; cat {m}"]
     if not check_only:
         if remount_root:
@@ -242,11 +299,11 @@ def remove_script(manifest: str, remount_root: bool, check_only: bool) -> str:
                 "mount -o remount,rw / && trap 'sync; mount -o remount,ro /' EXIT; fi"
             )
         out += [
-            f"dirs=$(sed -n 's/^dir //p' {m} | sort -r)",
-            f'while read -r kind path; do case $kind in file) rm -f "$path";; '
-            f'link) if [ -L "$path" ]; then rm -f "$path"; fi;; esac; done < {m}',
+            f"R={r}; dirs=$(sed -n 's/^dir //p' {m} | sort -r)",
+            f'while read -r kind path; do case $kind in file) rm -f "$R$path";; '
+            f'link) if [ -L "$R$path" ]; then rm -f "$R$path"; fi;; esac; done < {m}',
             f"rm -f {m}",
-            'printf \'%s\\n\' "$dirs" | while read -r d; do [ -n "$d" ] && rmdir "$d" 2>/dev/null; done',
+            'printf \'%s\\n\' "$dirs" | while read -r d; do [ -n "$d" ] && rmdir "$R$d" 2>/dev/null; done',
             "sync",
         ]
     out.append("echo @@end")

@@ -1,0 +1,242 @@
+# Copyright (c) fleetmesh developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Install tailscaled's boot integration (scripts, units, rules, links) and keep the daemon running, without Python."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import typing as t
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import (
+    parse_sections,
+    run_script,
+    sh_quote,
+)
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan import (
+    FileSpec,
+    LinkSpec,
+    apply_script,
+    check_script,
+    device_path,
+    manifest_text,
+    parse_manifest,
+    plan_from_output,
+    prepare_script,
+    remove_script,
+    space_errors,
+    staging_root,
+    tmp_name,
+)
+
+ARGUMENT_SPEC: dict[str, t.Any] = {
+    "files": {
+        "type": "list",
+        "elements": "dict",
+        "default": [],
+        "options": {
+            "dest": {"type": "str", "required": True},
+            "content": {"type": "str"},
+            "src": {"type": "path"},
+            "mode": {"type": "str", "default": "0644"},
+            "shell": {"type": "bool", "default": False},
+        },
+        "required_one_of": [["content", "src"]],
+        "mutually_exclusive": [["content", "src"]],
+    },
+    "links": {
+        "type": "list",
+        "elements": "dict",
+        "default": [],
+        "options": {"path": {"type": "str", "required": True}, "target": {"type": "str", "required": True}},
+    },
+    "dirs": {"type": "list", "elements": "str", "default": []},
+    "manifest": {"type": "str", "required": True},
+    "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+    "root": {"type": "str", "default": ""},
+    "remount_root": {"type": "bool", "default": False},
+    "service": {
+        "type": "dict",
+        "default": {},
+        "options": {
+            "running": {"type": "str", "default": ""},
+            "start": {"type": "str", "default": ""},
+            "stop": {"type": "str", "default": ""},
+            "wait_path": {"type": "str", "default": ""},
+            "log": {"type": "str", "default": ""},
+        },
+    },
+    "restart": {"type": "bool", "default": False},
+    "wait_timeout": {"type": "int", "default": 30},
+}
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def service_script(service: dict[str, str], *, restart: bool, wait_timeout: int) -> str:
+    """Stop (when restarting) and start the daemon, then wait until it runs and its socket exists."""
+    running = f"( {service['running']} ) >/dev/null 2>&1"
+    wait = service["wait_path"]
+    up = f"{running} && [ -e {sh_quote(wait)} ]" if wait else running
+    out = ["echo @@service"]
+    if restart:
+        out.append(f"( {service['stop']} ) 2>&1; echo stopped")
+    out += [
+        f"if ! {running}; then ( {service['start']} ) 2>&1; echo started; fi",
+        f"i=0; while ! {{ {up}; }}; do i=$((i + 1)); "
+        f"if [ $i -gt {int(wait_timeout)} ]; then echo @@failed; echo 'not running {wait_timeout}s after start'; "
+        + (f"echo @@log; tail -n 20 {sh_quote(service['log'])} 2>&1; " if service["log"] else "")
+        + "break; fi; sleep 1; done",
+    ]
+    return "\n".join(out) + "\n"
+
+
+class ActionModule(ActionBase):
+    """Boot files like install_files (plus `sh -n` before scripts go live), then start or restart tailscaled once."""
+
+    TRANSFERS_FILES = False
+    _supports_check_mode = True
+
+    def run(self, tmp: str | None = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
+        result = super().run(tmp, task_vars)
+        del tmp
+        _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        root = staging_root(args["root"])
+        manifest = device_path(args["manifest"], "manifest", root)
+        service = {k: str(v or "") for k, v in (args["service"] or {}).items()}
+        has_service = bool(service.get("running") and service.get("start") and service.get("stop"))
+        if any(service.get(k) for k in ("running", "start", "stop")) and not has_service:
+            raise AnsibleActionFail("service needs all of running, start and stop (or none: files only)")
+        if root and has_service:
+            raise AnsibleActionFail("a rootfs staging dir (root) starts nothing: leave service empty")
+        if args["state"] == "absent":
+            return self._remove(result, manifest, root, service if has_service else {}, bool(args["remount_root"]))
+
+        workdir = tempfile.mkdtemp(prefix="fleetmesh-boot-")
+        try:
+            return self._present(
+                result, args=args, root=root, manifest=manifest, service=service if has_service else {}, workdir=workdir
+            )
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _present(
+        self,
+        result: dict[str, t.Any],
+        *,
+        args: dict[str, t.Any],
+        root: str,
+        manifest: str,
+        service: dict[str, str],
+        workdir: str,
+    ) -> dict[str, t.Any]:
+        files: list[FileSpec] = []
+        shell: set[str] = set()
+        for i, item in enumerate(args["files"]):
+            dest = device_path(item["dest"], "files.dest", root)
+            mode = str(item["mode"])
+            if not mode.isdigit() or len(mode) not in (3, 4) or any(c > "7" for c in mode):
+                raise AnsibleActionFail(f"files.mode {mode!r} must be octal like '0755'")
+            if item.get("content") is not None:
+                src = os.path.join(workdir, f"f{i}")
+                with open(src, "w", encoding="utf-8", newline="\n") as fh:
+                    fh.write(str(item["content"]))
+            else:
+                src = str(item["src"])
+                if not os.path.isfile(src):
+                    raise AnsibleActionFail(f"files.src {src!r} is not a file on the controller")
+            files.append(FileSpec(src, dest, mode, os.path.getsize(src), _sha256(src)))
+            if item["shell"]:
+                shell.add(dest)
+        links = [
+            LinkSpec(device_path(item["path"], "links.path", root), str(item["target"]).strip())
+            for item in args["links"]
+        ]
+        dirs = [device_path(d, "dirs", root) for d in args["dirs"]]
+        if len({f.dest for f in files} | {lk.path for lk in links}) != len(files) + len(links):
+            raise AnsibleActionFail("files.dest and links.path must all be different paths")
+
+        check = check_script(files, links, manifest).removesuffix("echo @@end\n")
+        if service:
+            check += f"echo @@running; if ( {service['running']} ) >/dev/null 2>&1; then echo yes; else echo no; fi\n"
+        run = run_script(self, check + "echo @@end\n", "boot check")
+        try:
+            plan = plan_from_output(run.stdout, files, links, dirs, manifest, root=root)
+        except ValueError as exc:
+            raise AnsibleActionFail(f"boot: {exc}; device said: {run.stderr.strip()[:400]}") from exc
+        running = parse_sections(run.stdout).get("running", "").strip() == "yes"
+        files_changed = bool(plan.uploads or plan.links or plan.mode_fixes)
+        restart = bool(service) and running and (files_changed or bool(args["restart"]))
+        start = bool(service) and not running
+        result.update(
+            changed=plan.changed or restart or start,
+            uploaded=[f.dest for f in plan.uploads],
+            linked=[lk.path for lk, _cur in plan.links],
+            restarted=restart,
+            started=start,
+            was_running=running,
+        )
+        errors = space_errors(plan)
+        if errors:
+            raise AnsibleActionFail(f"not enough space: {'; '.join(errors)}; nothing was changed")
+        if not result["changed"] or self._task.check_mode:
+            return result
+
+        script = ""
+        if plan.changed:
+            if plan.uploads:
+                prep = run_script(self, prepare_script(plan, dirs), "boot prepare")
+                if prep.rc != 0:
+                    raise AnsibleActionFail(f"cannot prepare the target dirs: {(prep.stdout + prep.stderr).strip()}")
+                for f in plan.uploads:
+                    self._connection.put_file(f.src, tmp_name(f.dest))
+            script = apply_script(
+                plan,
+                dirs,
+                verify="",
+                verify_expect="",
+                verify_stage="links",
+                remount_root=bool(args["remount_root"]),
+                manifest=manifest,
+                manifest_body=manifest_text(files, links, dirs, root),
+                syntax_check=shell,
+            ).removesuffix("echo @@end\n")
+        if service and (restart or start):
+            script += service_script(service, restart=restart, wait_timeout=int(args["wait_timeout"]))
+        done = run_script(self, script + "echo @@end\n", "boot apply")
+        sec = parse_sections(done.stdout)
+        if "syntax" in sec:
+            raise AnsibleActionFail(f"a boot script failed `sh -n` on the device, nothing was changed: {sec['syntax']}")
+        if done.rc != 0 or "end" not in sec:
+            raise AnsibleActionFail(f"boot install failed (rc={done.rc}): {(done.stdout + done.stderr).strip()[:800]}")
+        if "failed" in sec:
+            log = f"; log: {sec['log']}" if sec.get("log") else ""
+            raise AnsibleActionFail(f"tailscaled is {sec['failed']}; start said: {sec.get('service', '')}{log}")
+        return result
+
+    def _remove(
+        self, result: dict[str, t.Any], manifest: str, root: str, service: dict[str, str], remount_root: bool
+    ) -> dict[str, t.Any]:
+        check_only = bool(self._task.check_mode)
+        script = remove_script(manifest, remount_root, check_only, root)
+        if service and not check_only:
+            # Stop through the installed scripts while they still exist; only when this role installed them.
+            script = f"if [ -f {sh_quote(manifest)} ]; then ( {service['stop']} ) >/dev/null 2>&1; fi\n" + script
+        run = run_script(self, script, "boot remove")
+        sec = parse_sections(run.stdout)
+        if "end" not in sec:
+            raise AnsibleActionFail(f"removal failed (rc={run.rc}): {(run.stdout + run.stderr).strip()[:800]}")
+        result.update(
+            changed="absent" not in sec, removed=[path for _k, path in parse_manifest(sec.get("manifest", ""), root)]
+        )
+        return result
