@@ -6,6 +6,8 @@ Each test module makes its own devices and removes them in teardown; the release
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,14 +155,6 @@ def test_sysvinit_fresh_install_and_removal(sysvinit: Any, work: Path, mirror: s
 QUEC = "pcb-quec"
 
 
-def _adb_shell_collision() -> bool:
-    """The adb plugin as committed defines a method `_shell`, which Ansible overwrites with the ShellModule."""
-    from ansible.plugins.loader import connection_loader  # noqa: PLC0415 - only needed for this check
-
-    plugin = connection_loader.get("fleetmesh.tailscale.adb", class_only=True)
-    return "_shell" in vars(plugin)
-
-
 @pytest.fixture(scope="module")
 def quecopen() -> Iterator[Any]:
     lab.down(QUEC)
@@ -168,18 +162,24 @@ def quecopen() -> Iterator[Any]:
     lab.down(QUEC)
 
 
-@pytest.mark.skipif(
-    _adb_shell_collision(),
-    reason="fleetmesh.tailscale.adb defines a method named _shell, which Ansible replaces with its ShellModule, so "
-    "actions fail with \"'ShellModule' object is not callable\" (adb helper's bug, reported to the lead)",
-)
-def test_quecopen_install_over_adb_with_readonly_root(quecopen: Any, work: Path, mirror: str) -> None:
+@pytest.fixture(scope="module")
+def adb_port() -> Iterator[int]:
+    """A private adb server for this module's runs, killed in teardown (the default 5037 may be someone else's)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    yield port
+    subprocess.run(["adb", "-P", str(port), "kill-server"], capture_output=True, check=False, timeout=30)
+
+
+def test_quecopen_install_over_adb_with_readonly_root(quecopen: Any, work: Path, mirror: str, adb_port: int) -> None:
     assert "ro" in sh(quecopen, "awk '$2 == \"/\" {o=$4} END {print o}' /proc/mounts").strip().split(",")
-    run = run_site(quecopen, work, mirror, {"binary_version": "1.82.0"})
+    extra = {"binary_version": "1.82.0", "fleetmesh_adb_server_port": adb_port}
+    run = run_site(quecopen, work, mirror, extra)
     assert run.rc == 0, run.output[-3000:]
     assert sh(quecopen, "readlink /usr/bin/tailscaled").strip() == "/usrdata/tailscale/current/tailscaled"
     assert sh(quecopen, "/usr/bin/tailscaled --version").startswith("1.82.0")
     # / went back to read-only after the links.
     assert "ro" in sh(quecopen, "awk '$2 == \"/\" {o=$4} END {print o}' /proc/mounts").strip().split(",")
-    again = run_site(quecopen, work, mirror, {"binary_version": "1.82.0"})
+    again = run_site(quecopen, work, mirror, extra)
     assert again.rc == 0 and again.changed == 0 and again.puts == 0, again.output[-3000:]
