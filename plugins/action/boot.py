@@ -84,19 +84,25 @@ def _sha256(path: str) -> str:
 
 
 def service_script(service: dict[str, str], *, restart: bool, wait_timeout: int) -> str:
-    """Stop (when restarting) and start the daemon, then wait until it runs and its socket exists."""
+    """Stop (when restarting) and start the daemon, then wait until it runs and its socket exists.
+
+    A daemon that is still not running 5 s after its start has exited (bad flags, missing iptables...): the wait
+    ends there instead of at the timeout, and the log's tail tells why.
+    """
     running = f"( {service['running']} ) >/dev/null 2>&1"
     wait = service["wait_path"]
-    up = f"{running} && [ -e {sh_quote(wait)} ]" if wait else running
+    up = f"[ -e {sh_quote(wait)} ]" if wait else "true"
+    log = f"echo @@log; tail -n 20 {sh_quote(service['log'])} 2>&1; " if service["log"] else ""
     out = ["echo @@service"]
     if restart:
         out.append(f"( {service['stop']} ) 2>&1; echo stopped")
     out += [
         f"if ! {running}; then ( {service['start']} ) 2>&1; echo started; fi",
-        f"i=0; while ! {{ {up}; }}; do i=$((i + 1)); "
-        f"if [ $i -gt {int(wait_timeout)} ]; then echo @@failed; echo 'not running {wait_timeout}s after start'; "
-        + (f"echo @@log; tail -n 20 {sh_quote(service['log'])} 2>&1; " if service["log"] else "")
-        + "break; fi; sleep 1; done",
+        "pause() { sleep 0.2 2>/dev/null || sleep 1; }",
+        f"i=0; down=0; while :; do if {running}; then down=0; {up} && break; else down=$((down + 1)); fi; "
+        f"i=$((i + 1)); if [ $down -ge 25 ] || [ $i -ge {int(wait_timeout) * 5} ]; then "
+        f"echo @@failed; if [ $down -ge 25 ]; then echo 'not running after its start'; "
+        f"else echo 'not ready {int(wait_timeout)}s after its start'; fi; {log}break; fi; pause; done",
     ]
     return "\n".join(out) + "\n"
 
