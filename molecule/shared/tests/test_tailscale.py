@@ -7,7 +7,13 @@ and say so.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +24,17 @@ REPO = Path(__file__).resolve().parents[3]
 SITE = (REPO / "playbooks" / "site.yml").read_text()
 PROFILES = REPO / "roles" / "device" / "vars" / "profiles"
 BINARY_DEFAULTS = yaml.safe_load((REPO / "roles" / "binary" / "defaults" / "main.yml").read_text())
+# Boot hooks by init system (the boot role's defaults): a file that must exist, checked after a run.
+BOOT_HOOKS = {
+    "udev": "/etc/udev/rules.d/97-fleetmesh-tailscale.rules",
+    "sysvinit": "/etc/rc5.d/S99tailscaled",
+    "systemd": "/etc/systemd/system/multi-user.target.wants/tailscaled.service",
+}
+# The scenario's side_effect removes Tailscale (fleetmesh_state=absent) and leaves this mark for the second verify.
+ABSENT_MARK = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "fleetmesh_state_absent"
+ABSENT = ABSENT_MARK.exists()
+present_only = pytest.mark.skipif(ABSENT, reason="verifying the removal (fleetmesh_state=absent) this time")
+absent_only = pytest.mark.skipif(not ABSENT, reason="runs after the scenario's side_effect removes Tailscale")
 
 
 def in_site(role: str) -> bool:
@@ -42,7 +59,22 @@ def profile(host: Any) -> dict[str, Any]:
     data["name"] = name
     data["version"] = hv.get("binary_version", BINARY_DEFAULTS["binary_version"])
     data["started"] = name != "rootfs"  # a firmware rootfs is files only: nothing runs
+    # Where the image's own files are seen from the controller (rootfs), else the device's /.
+    data["root"] = hv.get("fleetmesh_rootfs_dir", "") if name == "rootfs" else ""
     return data
+
+
+def status(host: Any, profile: dict[str, Any]) -> dict[str, Any]:
+    return dict(json.loads(host.check_output(f"{profile['bin_dir']}/tailscale status --json")))
+
+
+def lab_fleetlab(host: Any) -> str | None:
+    """The lab's command when the host is a running lab device (Molecule), else None (a real fleet)."""
+    fleetlab = shutil.which("fleetlab") or str(Path(sys.executable).with_name("fleetlab"))
+    if os.geteuid() != 0 or not Path(fleetlab).exists():
+        return None
+    listing = subprocess.run([fleetlab, "list"], capture_output=True, text=True, check=False).stdout
+    return fleetlab if any(line.split("\t")[0] == host.backend.hostname for line in listing.splitlines()) else None
 
 
 def tailscaled_cmdlines(host: Any) -> list[list[str]]:
@@ -51,11 +83,18 @@ def tailscaled_cmdlines(host: Any) -> list[list[str]]:
         "for p in /proc/[0-9]*; do c=$(tr '\\0' '\\037' < $p/cmdline 2>/dev/null) || continue;"
         ' case $c in *tailscaled*) echo "$c";; esac; done'
     )
-    argvs = [line.split("\x1f") for line in out.splitlines() if line]
-    # qemu-user runs ARM programs as `qemu-arm-static /path/tailscaled ARGS`: start at the program itself.
-    return [argv[next(i for i, a in enumerate(argv) if a.endswith("tailscaled")) :] for argv in argvs]
+    found = []
+    for line in out.splitlines():
+        argv = line.split("\x1f")
+        # The program itself, wherever it is in argv: qemu-user runs ARM programs as `qemu-arm-static PROG ARGS`,
+        # the stand-in runs as `sh PROG ARGS`; wrapper scripts (tailscaled.run) only mention the name.
+        starts = [i for i, arg in enumerate(argv) if arg.rsplit("/", 1)[-1] == "tailscaled"]
+        if starts:
+            found.append(argv[starts[0] :])
+    return found
 
 
+@present_only
 def test_binaries_linked_into_path(host: Any, profile: dict[str, Any]) -> None:
     version_dir = f"{profile['storage_dir']}/{profile['version']}"
     current = host.file(f"{profile['storage_dir']}/current")
@@ -69,18 +108,21 @@ def test_binaries_linked_into_path(host: Any, profile: dict[str, Any]) -> None:
         assert host.check_output(f"{profile['bin_dir']}/tailscale version").splitlines()[0] == profile["version"]
 
 
+@present_only
 def test_state_dir_private(host: Any, profile: dict[str, Any]) -> None:
     state_dir = host.file(profile["state_dir"])
     assert state_dir.is_directory
     assert state_dir.mode == 0o700
 
 
+@present_only
 def test_iptables_shim_where_the_profile_needs_it(host: Any, profile: dict[str, Any]) -> None:
     if not profile["iptables_shim"] or profile["tun"] == "userspace":
         pytest.skip(f"profile {profile['name']} needs no iptables shim")
     assert "legacy" in host.check_output("iptables --version")
 
 
+@present_only
 @needs_role("boot")
 def test_daemon_runs_with_relocated_state(host: Any, profile: dict[str, Any]) -> None:
     if not profile["started"]:
@@ -91,3 +133,59 @@ def test_daemon_runs_with_relocated_state(host: Any, profile: dict[str, Any]) ->
     assert f"--statedir={profile['state_dir']}" in args or f"--state={profile['state_dir']}/" in args, args
     assert host.file(f"{profile['state_dir']}/tailscaled.state").is_file
     assert not host.file("/var/lib/tailscale/tailscaled.state").exists or profile["state_dir"] == "/var/lib/tailscale"
+
+
+@present_only
+@needs_role("boot")
+def test_boot_hook_installed(host: Any, profile: dict[str, Any]) -> None:
+    hook = host.file(profile["root"] + BOOT_HOOKS[profile["init_system"]])
+    assert hook.exists, f"{hook.path} is missing"
+    if profile["init_system"] == "sysvinit":
+        assert host.file(profile["root"] + "/etc/init.d/tailscaled").exists
+    if profile["init_system"] == "systemd":
+        assert host.check_output("systemctl is-enabled tailscaled.service") == "enabled"
+
+
+@present_only
+@needs_role("login")
+def test_logged_in(host: Any, profile: dict[str, Any]) -> None:
+    if not profile["started"]:
+        pytest.skip("a firmware rootfs starts nothing: it logs in on its first boot")
+    assert status(host, profile)["BackendState"] == "Running"
+
+
+@present_only
+@needs_role("boot")
+def test_reboot_keeps_daemon_and_node_identity(host: Any, profile: dict[str, Any]) -> None:
+    """Power-cycles the device (lab only): the boot hook starts tailscaled again, with the same node key."""
+    if not profile["started"]:
+        pytest.skip("a firmware rootfs starts nothing")
+    fleetlab = lab_fleetlab(host)
+    if fleetlab is None:
+        pytest.skip("power-cycling needs a lab device (fleetlab); on a real fleet reboot it yourself and re-run")
+    before = status(host, profile)["Self"]["PublicKey"]
+    host.backend.close()  # the door goes down with the device
+    subprocess.run([fleetlab, "reboot", host.backend.hostname], check=True, capture_output=True, timeout=180)
+    deadline = time.monotonic() + 60
+    while not tailscaled_cmdlines(host) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert len(tailscaled_cmdlines(host)) == 1, "tailscaled did not come back after the reboot"
+    while time.monotonic() < deadline:
+        after = host.run(f"{profile['bin_dir']}/tailscale status --json")
+        if after.rc == 0 and json.loads(after.stdout)["BackendState"] != "NoState":
+            break
+        time.sleep(1)
+    assert json.loads(after.stdout)["Self"]["PublicKey"] == before
+
+
+@absent_only
+def test_absent_leaves_only_the_state(host: Any, profile: dict[str, Any]) -> None:
+    assert not tailscaled_cmdlines(host)
+    for program in ("tailscale", "tailscaled"):
+        assert not host.file(f"{profile['bin_dir']}/{program}").exists
+    assert not host.file(f"{profile['storage_dir']}/current").exists
+    if profile["init_system"] in BOOT_HOOKS:
+        assert not host.file(profile["root"] + BOOT_HOOKS[profile["init_system"]]).exists
+    if profile["started"] and in_site("boot"):
+        # The node's identity is never deleted: a later run brings the same node back.
+        assert host.file(f"{profile['state_dir']}/tailscaled.state").is_file
