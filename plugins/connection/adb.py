@@ -297,7 +297,7 @@ class Connection(ConnectionBase):
                 self._client.ensure_ready()
                 features = self._client.features() or set()
         except AdbError as exc:
-            raise AnsibleConnectionFailure(f"adb {serial}: {exc}") from exc
+            raise AnsibleConnectionFailure(f"adb {serial}: {exc}") from None
         self._shell_v2 = "shell_v2" in features and self.get_option("shell_protocol") == "auto"
         self._vvv(f"features: {feature_list(features)}; shell_v2 used: {self._shell_v2}")
         socket_path = self._control_socket()
@@ -347,7 +347,7 @@ class Connection(ConnectionBase):
             return self._session_run(command)
         except AdbError as exc:
             # Whatever the adb client could not do here (device gone, output cut) makes the host unusable.
-            raise AnsibleConnectionFailure(f"adb {self.client.serial}: {exc}") from exc
+            raise AnsibleConnectionFailure(f"adb {self.client.serial}: {exc}") from None
 
     def _command_timeout(self) -> float | None:
         limit = float(self.get_option("command_timeout"))
@@ -389,9 +389,9 @@ class Connection(ConnectionBase):
         try:
             self.client.push(local, remote)
         except DeviceGone as exc:
-            raise AnsibleConnectionFailure(f"adb {self.client.serial}: {exc}") from exc
+            raise AnsibleConnectionFailure(f"adb {self.client.serial}: {exc}") from None
         except AdbError as exc:
-            raise AnsibleError(f"adb {self.client.serial}: {exc}") from exc
+            raise AnsibleError(f"adb {self.client.serial}: {exc}") from None
 
     def put_file(self, in_path: str, out_path: str) -> None:
         """Push a file to a temporary name on the device, verify its checksum there, then rename it into place."""
@@ -444,9 +444,9 @@ class Connection(ConnectionBase):
             try:
                 self.client.pull(in_path, tmp)
             except DeviceGone as exc:
-                raise AnsibleConnectionFailure(f"adb {self.client.serial}: {exc}") from exc
+                raise AnsibleConnectionFailure(f"adb {self.client.serial}: {exc}") from None
             except AdbError as exc:
-                raise AnsibleError(f"adb {self.client.serial}: {exc}") from exc
+                raise AnsibleError(f"adb {self.client.serial}: {exc}") from None
             got = _digests(tmp)[0 if fields[0] == "sha256" else 1]
             if got != fields[1]:
                 raise AnsibleError(

@@ -137,10 +137,12 @@ class AdbClient:
             return subprocess.run(
                 cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout or self.timeout, check=False
             )
-        except FileNotFoundError as exc:
-            raise AdbError(f"adb client not found at {self.adb_path!r} (install it, or set adb_path)") from exc
+        except FileNotFoundError:
+            raise AdbError(f"adb client not found at {self.adb_path!r} (install it, or set adb_path)") from None
         except subprocess.TimeoutExpired as exc:
-            raise DeviceGone(f"adb {' '.join(args[:1])} on {self.serial} timed out after {exc.timeout:.0f} s") from exc
+            raise DeviceGone(
+                f"adb {' '.join(args[:1])} {self.serial}: no answer within {exc.timeout:.0f} s (device unreachable?)"
+            ) from None
 
     def state(self) -> str:
         """The device's state as the adb server sees it (device, offline, unauthorized, ...), or '' if unknown."""
@@ -219,8 +221,8 @@ class AdbClient:
         argv = self.argv("shell", frame(command, token, tmp_dir))
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        except FileNotFoundError as exc:
-            raise AdbError(f"adb client not found at {self.adb_path!r} (install it, or set adb_path)") from exc
+        except FileNotFoundError:
+            raise AdbError(f"adb client not found at {self.adb_path!r} (install it, or set adb_path)") from None
         deadline = time.monotonic() + (timeout or self.timeout) if (timeout or self.timeout) else None
         out, err = bytearray(), bytearray()
         streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}  # type: ignore[union-attr]
@@ -307,8 +309,8 @@ class AdbShellStream:
                 bufsize=0,
                 start_new_session=True,
             )
-        except FileNotFoundError as exc:
-            raise AdbError(f"adb client not found at {client.adb_path!r} (install it, or set adb_path)") from exc
+        except FileNotFoundError:
+            raise AdbError(f"adb client not found at {client.adb_path!r} (install it, or set adb_path)") from None
         self.eof = False
 
     def fileno(self) -> int:
