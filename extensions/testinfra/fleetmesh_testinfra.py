@@ -117,4 +117,9 @@ class FleetmeshBackend(base.BaseBackend):
             self._connection = None
 
 
-testinfra.backend.BACKENDS.setdefault(NAME, f"{__name__}.FleetmeshBackend")
+def register() -> None:
+    """Make `--connection=fleetmesh` / `fleetmesh://HOST` known to testinfra (done on import; idempotent)."""
+    testinfra.backend.BACKENDS.setdefault(NAME, f"{__name__}.FleetmeshBackend")
+
+
+register()

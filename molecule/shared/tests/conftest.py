@@ -13,4 +13,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "extensions" / "testinfra"))
 
-import fleetmesh_testinfra  # noqa: E402,F401 - registers the `fleetmesh` connection type with testinfra
+import fleetmesh_testinfra  # noqa: E402 - importable only once its directory is on sys.path
+
+fleetmesh_testinfra.register()  # --connection=fleetmesh (Molecule's verifier options) now names our backend
