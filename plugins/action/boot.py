@@ -172,7 +172,7 @@ class ActionModule(ActionBase):
         if len({f.dest for f in files} | {lk.path for lk in links}) != len(files) + len(links):
             raise AnsibleActionFail("files.dest and links.path must all be different paths")
 
-        check = check_script(files, links, manifest).removesuffix("echo @@end\n")
+        check = check_script(files, links, manifest, dirs).removesuffix("echo @@end\n")
         if service:
             check += f"echo @@running; if ( {service['running']} ) >/dev/null 2>&1; then echo yes; else echo no; fi\n"
         run = run_script(self, check + "echo @@end\n", "boot check")
@@ -214,7 +214,7 @@ class ActionModule(ActionBase):
                 verify_stage="links",
                 remount_root=bool(args["remount_root"]),
                 manifest=manifest,
-                manifest_body=manifest_text(files, links, dirs, root),
+                manifest_body=manifest_text(files, links, plan.manifest_dirs or dirs, root),
                 syntax_check=shell,
             ).removesuffix("echo @@end\n")
         if service and (restart or start):

@@ -91,7 +91,7 @@ class ActionModule(ActionBase):
         if len({f.dest for f in files} | {lk.path for lk in links}) != len(files) + len(links):
             raise AnsibleActionFail("files.dest and links.path must all be different paths")
 
-        run = run_script(self, check_script(files, links, manifest), "install_files check")
+        run = run_script(self, check_script(files, links, manifest, dirs), "install_files check")
         try:
             plan = plan_from_output(run.stdout, files, links, dirs, manifest, root=root)
         except ValueError as exc:
@@ -122,7 +122,7 @@ class ActionModule(ActionBase):
             verify_stage=str(args["verify_stage"]),
             remount_root=bool(args["remount_root"]),
             manifest=manifest,
-            manifest_body=manifest_text(files, links, dirs, root),
+            manifest_body=manifest_text(files, links, plan.manifest_dirs or dirs, root),
         )
         done = run_script(self, script, "install_files apply")
         sec = parse_sections(done.stdout)

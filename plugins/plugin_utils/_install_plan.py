@@ -68,6 +68,9 @@ class Plan:
     links: list[tuple[LinkSpec, str]] = field(default_factory=list)  # (wanted, current value or '-')
     mode_fixes: list[FileSpec] = field(default_factory=list)
     manifest_stale: bool = False
+    # Dirs the manifest records: the wanted ones, the missing parents this install creates, and parents an earlier
+    # run created (so removal leaves the device's file list as it was before the first install).
+    manifest_dirs: list[str] = field(default_factory=list)
     stale_items: list[tuple[str, str]] = field(default_factory=list)  # in the old manifest, no longer wanted
     root_readonly: bool = False
     free: dict[str, tuple[int, int]] = field(default_factory=dict)  # mount -> (needed_kb, avail_kb)
@@ -106,8 +109,17 @@ def parse_manifest(text: str, root: str = "") -> list[tuple[str, str]]:
     return items
 
 
-def check_script(files: t.Sequence[FileSpec], links: t.Sequence[LinkSpec], manifest: str) -> str:
-    """One round trip: the device copy's sha256 and mode per file, each link's value, free space, root mode."""
+def _wanted_dirs(files: t.Sequence[FileSpec], dirs: t.Sequence[str], manifest: str) -> list[str]:
+    return sorted(
+        set(dirs) | {posixpath.dirname(f.dest) for f in files} | ({posixpath.dirname(manifest)} if manifest else set())
+    )
+
+
+def check_script(
+    files: t.Sequence[FileSpec], links: t.Sequence[LinkSpec], manifest: str, dirs: t.Sequence[str] = ()
+) -> str:
+    """One round trip: the device copy's sha256 and mode per file, each link's value, free space, root mode, and
+    which of the dirs (and their parents) do not exist yet."""
     out = [_PRELUDE]
     for i, f in enumerate(files):
         q = sh_quote(f.dest)
@@ -122,6 +134,10 @@ def check_script(files: t.Sequence[FileSpec], links: t.Sequence[LinkSpec], manif
     out.append("echo @@root; awk '$2 == \"/\" {o=$4} END {print o}' /proc/mounts")
     if manifest:
         out.append(f"echo @@manifest; cat {sh_quote(manifest)} 2>/dev/null")
+        wanted = " ".join(sh_quote(d) for d in _wanted_dirs(files, dirs, manifest))
+        out.append(
+            f'echo @@missing; for q in {wanted}; do while [ ! -e "$q" ]; do echo "$q"; q=$(dirname "$q"); done; done'
+        )
     out.append("echo @@end")
     return "\n".join(out) + "\n"
 
@@ -171,7 +187,16 @@ def plan_from_output(
     plan.free = {m: (needed[m], mounts[m]) for m in needed}
     plan.root_readonly = "ro" in sec.get("root", "").strip().split(",")
     if manifest:
-        body = manifest_text(files, links, dirs, root)
+        wanted_dirs = _wanted_dirs(files, dirs, manifest)
+        missing = {d for d in sec.get("missing", "").split("\n") if d.startswith("/")}
+        earlier = {p for k, p in parse_manifest(sec.get("manifest", ""), root) if k == "dir"}
+        created = {
+            d
+            for d in missing | earlier
+            if any(w == d or w.startswith(d + "/") for w in wanted_dirs) and (not root or d.startswith(root + "/"))
+        }
+        plan.manifest_dirs = sorted(created - set(dirs)) + list(dirs)
+        body = manifest_text(files, links, plan.manifest_dirs, root)
         plan.manifest_stale = sec.get("manifest", "").strip() != body.strip()
         wanted = set(parse_manifest(body, root))
         plan.stale_items = [item for item in parse_manifest(sec.get("manifest", ""), root) if item not in wanted]

@@ -1,0 +1,260 @@
+"""boot role on lab devices through the real connection plugins (telnet, adb, ssh): site.yml provisions, a
+`fleetlab reboot` brings tailscaled back with the same flags and node identity, the Kobo's udev hooks (boot, Wi-Fi,
+late or missing storage mount) behave, a broken script never goes live, and uninstall leaves only the state.
+
+The release comes from a loopback stand-in mirror; each device is made and removed by this module.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, mounts, veths)"),
+]
+
+lab = pytest.importorskip("fleetlab.lab", reason="the fleetlab package (tests/lab) is not installed")
+
+from provision_lab import release_mirror, run_site, stop_sessions  # noqa: E402
+
+from fleetlab.inventory import lab_auth_key  # noqa: E402
+
+KOBO_BOOT = "/usr/local/fleetmesh-tailscale"
+KOBO_STATE = "/mnt/onboard/.tailscale/state"
+EARLY_LOG = "/tmp/fleetmesh-tailscale-boot.log"
+MOUNT_TIMEOUT = 4
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("boot-lab")
+    yield path
+    stop_sessions(path / "cp")
+
+
+@pytest.fixture(scope="module")
+def mirror(work: Path) -> Iterator[str]:
+    with release_mirror(work / "mirror") as url:
+        yield url
+
+
+def _device(name: str, profile: str, **kwargs: Any) -> Iterator[Any]:
+    lab.down(name)
+    yield lab.up(name, profile, **kwargs)
+    lab.down(name)
+
+
+@pytest.fixture(scope="module")
+def kobo() -> Iterator[Any]:
+    yield from _device("boot-tk", "kobo")
+
+
+@pytest.fixture(scope="module")
+def sysvinit() -> Iterator[Any]:
+    yield from _device("boot-ts", "sysvinit")
+
+
+@pytest.fixture(scope="module")
+def quecopen() -> Iterator[Any]:
+    yield from _device("boot-tq", "quecopen", readonly_root=True)
+
+
+@pytest.fixture(scope="module")
+def systemd() -> Iterator[Any]:
+    yield from _device("boot-td", "systemd")
+
+
+def sh(device: Any, script: str) -> str:
+    proc = lab.exec_(device.name, ["sh", "-c", script])
+    return proc.stdout + proc.stderr
+
+
+def site(device: Any, work: Path, mirror: str, **extra: Any) -> Any:
+    run = run_site(device, work, mirror, {"login_auth_key": lab_auth_key(), **extra})
+    assert run.rc == 0, run.output[-4000:]
+    return run
+
+
+def daemon_cmdline(device: Any) -> list[str]:
+    """tailscaled's argv from /proc (the pid the init system recorded), without qemu's or sh's prefix."""
+    if device.profile == "systemd":
+        pid = "$(systemctl show -p MainPID --value tailscaled.service)"
+    else:
+        pid = "$(cat /var/run/tailscaled.pid)"
+    words = sh(device, f"tr '\\0' '\\n' < /proc/{pid}/cmdline").split("\n")
+    for i, word in enumerate(words):
+        if word.endswith("/tailscaled"):
+            return [w for w in words[i + 1 :] if w]
+    raise AssertionError(f"no tailscaled in {words}")
+
+
+def node_key(device: Any) -> str:
+    for line in sh(device, "tailscale status --json").splitlines():
+        if '"PublicKey"' in line:
+            return line.split('"')[3]
+    raise AssertionError("no node key in tailscale status")
+
+
+def wait_for(check: Any, timeout: float = 20) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def file_list(device: Any, *mounts: str) -> set[str]:
+    out = sh(device, f"find {' '.join(mounts)} -xdev | sort")
+    return {line for line in out.splitlines() if line}
+
+
+def test_sysvinit_provision_reboot_and_uninstall(sysvinit: Any, work: Path, mirror: str) -> None:
+    before = file_list(sysvinit, "/", "/data")
+    first = site(sysvinit, work, mirror, networking_mode="userspace")
+    assert first.changed >= 1
+    flags = daemon_cmdline(sysvinit)
+    assert flags[:2] == ["--statedir=/var/lib/tailscale", "--state=/var/lib/tailscale/tailscaled.state"]
+    assert "--tun=userspace-networking" in flags and "--socket=/var/run/tailscale/tailscaled.sock" in flags
+    assert sh(sysvinit, "readlink /etc/init.d/tailscaled; readlink /etc/rc5.d/S99tailscaled").split() == [
+        "/opt/tailscale/boot/tailscaled.init",
+        "../init.d/tailscaled",
+    ]
+    key = node_key(sysvinit)
+
+    second = site(sysvinit, work, mirror, networking_mode="userspace")
+    assert second.changed == 0 and second.puts == 0, second.output[-3000:]
+
+    lab.reboot(sysvinit.name)
+    assert wait_for(lambda: '"PublicKey"' in sh(sysvinit, "tailscale status --json"))
+    assert daemon_cmdline(sysvinit) == flags
+    assert node_key(sysvinit) == key
+
+    # A changed flag restarts the daemon once, keeping the node.
+    pid = sh(sysvinit, "cat /var/run/tailscaled.pid").strip()
+    third = site(sysvinit, work, mirror, networking_mode="userspace", boot_tailscaled_extra_args=["--port=41642"])
+    assert "restarted: true" in third.output
+    assert sh(sysvinit, "cat /var/run/tailscaled.pid").strip() != pid
+    assert daemon_cmdline(sysvinit)[-1] == "--port=41642"
+    assert node_key(sysvinit) == key
+
+    gone = site(sysvinit, work, mirror, networking_mode="userspace", fleetmesh_state="absent")
+    assert gone.changed >= 1
+    assert "tailscaled" not in sh(sysvinit, "ps -o comm")
+    after = file_list(sysvinit, "/", "/data")
+    # Exactly the files of before, plus the node's state dir (state file and tailscaled's logs), nothing else.
+    assert {p for p in after - before if not p.startswith("/var/lib/tailscale")} == set()
+    assert before - after == set()
+    assert "/var/lib/tailscale/tailscaled.state" in after
+    again = site(sysvinit, work, mirror, networking_mode="userspace", fleetmesh_state="absent")
+    assert again.changed == 0
+
+
+def test_kobo_udev_boot_wifi_and_storage_mount(kobo: Any, work: Path, mirror: str) -> None:
+    first = site(kobo, work, mirror, boot_udev_mount_timeout=MOUNT_TIMEOUT)
+    assert first.changed >= 1
+    flags = daemon_cmdline(kobo)
+    assert flags[:2] == [f"--statedir={KOBO_STATE}", f"--state={KOBO_STATE}/tailscaled.state"]
+    assert not any(f.startswith("--tun=userspace") for f in flags)  # kernel mode, iptables through the shim
+    key = node_key(kobo)
+    assert site(kobo, work, mirror, boot_udev_mount_timeout=MOUNT_TIMEOUT).changed == 0
+
+    # Boot: the lab fires udev's loop0 add; the hook escapes udev's kill with setsid.
+    lab.reboot(kobo.name)
+    assert wait_for(lambda: '"PublicKey"' in sh(kobo, "tailscale status --json"))
+    assert daemon_cmdline(kobo) == flags
+    assert node_key(kobo) == key
+    assert "started tailscaled" in sh(kobo, f"cat {KOBO_STATE}/logs/boot.log")
+
+    # Wi-Fi hooks: wlan0 remove -> tailscale down, add -> tailscale up.
+    lab.wifi(kobo.name, "down")
+    assert wait_for(lambda: '"BackendState": "Stopped"' in sh(kobo, "tailscale status --json"))
+    lab.wifi(kobo.name, "up")
+    assert wait_for(lambda: '"BackendState": "Running"' in sh(kobo, "tailscale status --json"))
+
+    # Storage mounted late: the boot hook waits for it, then starts tailscaled.
+    hide = "mkdir -p /tmp/hold; mount --move /mnt/onboard /tmp/hold"
+    sh(kobo, f"{KOBO_BOOT}/tailscaled.ctl stop; rm -f {EARLY_LOG}; {hide}")
+    sh(kobo, f"{KOBO_BOOT}/boot.sh boot")
+    time.sleep(1.5)
+    assert f"waiting up to {MOUNT_TIMEOUT}s for /mnt/onboard" in sh(kobo, f"cat {EARLY_LOG}")
+    assert "not running" in sh(kobo, f"{KOBO_BOOT}/tailscaled.ctl status")
+    sh(kobo, "mount --move /tmp/hold /mnt/onboard")
+    assert wait_for(lambda: "is running" in sh(kobo, f"{KOBO_BOOT}/tailscaled.ctl status"), MOUNT_TIMEOUT + 5)
+    assert node_key(kobo) == key
+
+    # Storage never mounted: the hook gives up after the timeout and says why; nothing runs.
+    sh(kobo, f"{KOBO_BOOT}/tailscaled.ctl stop; rm -f {EARLY_LOG}; {hide}")
+    sh(kobo, f"{KOBO_BOOT}/boot.sh boot")
+    assert wait_for(lambda: "gave up" in sh(kobo, f"cat {EARLY_LOG}"), MOUNT_TIMEOUT + 5)
+    assert f"gave up: /mnt/onboard is not mounted after {MOUNT_TIMEOUT}s" in sh(kobo, f"cat {EARLY_LOG}")
+    assert "not running" in sh(kobo, f"{KOBO_BOOT}/tailscaled.ctl status")
+    sh(kobo, "mount --move /tmp/hold /mnt/onboard")
+
+
+def test_kobo_broken_script_never_goes_live(kobo: Any, work: Path, mirror: str) -> None:
+    sh(kobo, f"{KOBO_BOOT}/boot.sh start")
+    assert wait_for(lambda: "is running" in sh(kobo, f"{KOBO_BOOT}/tailscaled.ctl status"))
+    state = f"sha256sum {KOBO_BOOT}/tailscaled.defaults; cat /var/run/tailscaled.pid; ls -a {KOBO_BOOT}"
+    before = sh(kobo, state)
+    # A variable that renders tailscaled.defaults into invalid sh (an environment name with a parenthesis).
+    run = run_site(kobo, work, mirror, {"login_auth_key": lab_auth_key(), "boot_environment": {"BROKEN(": "1"}})
+    assert run.rc != 0
+    assert "failed `sh -n` on the device, nothing was changed" in run.output
+    assert f"{KOBO_BOOT}/tailscaled.defaults" in run.output
+    # The working script, the running daemon and the directory (no temp file left) are as they were.
+    assert sh(kobo, state) == before
+
+
+def test_quecopen_readonly_root_over_adb(quecopen: Any, work: Path, mirror: str) -> None:
+    extra = {"device_profile_overrides": {"iptables_shim": True}}
+    site(quecopen, work, mirror, **extra)
+    flags = daemon_cmdline(quecopen)
+    assert flags[:2] == ["--statedir=/usrdata/tailscale/state", "--state=/usrdata/tailscale/state/tailscaled.state"]
+    assert sh(quecopen, "readlink /etc/init.d/tailscaled").strip() == "/usrdata/tailscale/boot/tailscaled.init"
+    assert " ro," in sh(quecopen, "grep ' / ' /proc/mounts")  # the root went back to read-only
+    key = node_key(quecopen)
+    assert site(quecopen, work, mirror, **extra).changed == 0
+
+    lab.reboot(quecopen.name)
+    # rc5.d/S99tailscaled runs at boot; the tun node the lab leaves out is made by the networking boot commands.
+    assert wait_for(lambda: '"PublicKey"' in sh(quecopen, "tailscale status --json"))
+    assert daemon_cmdline(quecopen) == flags
+    assert node_key(quecopen) == key
+
+    site(quecopen, work, mirror, fleetmesh_state="absent", **extra)
+    assert sh(quecopen, "ls /etc/init.d /etc/rc5.d /usrdata/tailscale").split() == ["rcS", "state"]
+    assert "tailscaled.state" in sh(quecopen, "ls /usrdata/tailscale/state")
+
+
+def test_systemd_unit_reboot_and_uninstall(systemd: Any, work: Path, mirror: str) -> None:
+    before = file_list(systemd, "/etc", "/usr/local", "/opt")
+    site(systemd, work, mirror)
+    assert sh(systemd, "systemctl is-enabled tailscaled; systemctl is-active tailscaled").split() == [
+        "enabled",
+        "active",
+    ]
+    flags = daemon_cmdline(systemd)
+    assert flags[:2] == ["--statedir=/var/lib/tailscale", "--state=/var/lib/tailscale/tailscaled.state"]
+    # The release's unit, with the drop-in taking the flags from tailscaled.defaults.
+    assert "ExecStart=/opt/tailscale/boot/tailscaled.run" in sh(systemd, "systemctl cat tailscaled.service")
+    key = node_key(systemd)
+    assert site(systemd, work, mirror).changed == 0
+
+    lab.reboot(systemd.name)
+    assert wait_for(lambda: sh(systemd, "systemctl is-active tailscaled").strip() == "active", 40)
+    assert daemon_cmdline(systemd) == flags
+    assert node_key(systemd) == key
+
+    site(systemd, work, mirror, fleetmesh_state="absent")
+    assert sh(systemd, "systemctl is-active tailscaled").strip() != "active"
+    assert file_list(systemd, "/etc", "/usr/local", "/opt") == before
+    assert sh(systemd, "test -f /var/lib/tailscale/tailscaled.state && echo kept").strip() == "kept"
