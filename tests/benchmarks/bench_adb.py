@@ -94,7 +94,7 @@ def main() -> int:
         conn = connection(plain)
         conn.exec_command("true")  # connected, server warm
         bare_push, plugin_push = [], []
-        for _ in range(args.runs):
+        for _run in range(args.runs):
             bare_push.append(_timed(lambda: _adb(port, serial, "push", str(payload), "/usrdata/bare.bin")))
             _adb(port, serial, "shell", "rm -f /usrdata/bare.bin")
             plugin_push.append(_timed(lambda: conn.put_file(str(payload), "/usrdata/plugin.bin")))
@@ -111,12 +111,12 @@ def main() -> int:
         print(f"  (bare adb shell sha256sum of the {mib} MiB file on the device: {verify:.2f} s)")
 
         n = args.commands
-        bare_cmd = [_timed(lambda: _adb(port, serial, "shell", "true")) for _ in range(n)]
-        same = [_timed(lambda: conn.exec_command("true")) for _ in range(n)]
-        fresh = [_timed(lambda: connection(plain).exec_command("true")) for _ in range(n)]
+        bare_cmd = [_timed(lambda: _adb(port, serial, "shell", "true")) for _i in range(n)]
+        same = [_timed(lambda: conn.exec_command("true")) for _i in range(n)]
+        fresh = [_timed(lambda: connection(plain).exec_command("true")) for _i in range(n)]
         session = connection(login, password=PASSWORD)
         login_first = _timed(lambda: session.exec_command("true"))
-        logged = [_timed(lambda: session.exec_command("true")) for _ in range(n)]
+        logged = [_timed(lambda: session.exec_command("true")) for _i in range(n)]
         base = statistics.median(bare_cmd)
         print(f"per command (median of {n}):")
         print(f"  bare adb shell true                 {base * 1000:6.1f} ms")
