@@ -33,6 +33,7 @@ USERSPACE_FLAG = "--tun=userspace-networking"
 # fake tree to play kernels with and without tun.
 PROBE = r"""R=__ROOT__; node="$R__NODE__"; mod=__MOD__
 exec 2>/dev/null
+echo @@os; uname -s
 echo @@tun
 if [ -c "$node" ]; then
   set -- $(ls -lL "$node"); [ "$5" = "10," ] && [ "$6" = 200 ] && echo node_tun || echo node_other
@@ -90,6 +91,7 @@ class Probe:
     lo_addr: bool = False
     lo_up: bool = False
     module_sha256: str = ""  # sha256 of the device's copy of the user's tun.ko, "" when absent
+    os: str = "Linux"  # uname -s: the tun node, /proc/misc, insmod and the lo line are Linux's
 
     @property
     def kernel_tun(self) -> bool:
@@ -130,6 +132,7 @@ def parse_probe(output: str) -> Probe:
         lo_addr="addr" in lo,
         lo_up="up" in lo,
         module_sha256=sha if re.fullmatch(r"[0-9a-f]{64}", sha) else "",
+        os=sec.get("os", "").strip() or "Linux",
     )
 
 
@@ -161,13 +164,15 @@ def decide(
     proxies = ", ".join(p for p in (f"SOCKS5 {socks5}" if socks5 else "", f"HTTP {http}" if http else "") if p)
     userspace_boot = [LO_LINE]
 
+    linux = probe is None or probe.os == "Linux"
+
     def userspace(why: str, branch: str = "userspace") -> Decision:
-        actions = [] if probe is None or (probe.lo_addr and probe.lo_up) else ["lo"]
+        actions = [] if probe is None or not linux or (probe.lo_addr and probe.lo_up) else ["lo"]
         return Decision(
             "userspace",
             branch,
             actions=actions,
-            boot_commands=userspace_boot,
+            boot_commands=userspace_boot if linux else [],
             tailscaled_args=proxy_args(socks5, http),
             warnings=[USERSPACE_WARNING.format(why=why, proxies=proxies or "none configured")],
         )
@@ -181,6 +186,10 @@ def decide(
                 "/lib/modules, or leave networking_tun_module empty"
             )
         return Decision("kernel", "image", boot_commands=[NODE_LINE])
+    if not linux:  # NetBSD and friends: tailscaled opens the system's own tun devices, nothing to prepare here
+        if module:
+            raise AnsibleActionFail(f"networking_tun_module is for Linux kernels, and this device runs {probe.os}")
+        return Decision("kernel", "os")
     # The user's module is needed unless tun is built in (listed by the kernel and not as a loaded module).
     built_in = probe.kernel_tun and not probe.module_loaded
     if module and not built_in:

@@ -24,6 +24,8 @@ description:
     C(boot_commands), POSIX sh lines the init integration runs before tailscaled at every boot (C(/dev) is rebuilt
     at boot, modules are not reloaded). The boot lines are the same whatever this run had to change, so the next
     run decides the same.
+  - On a kernel other than Linux (NetBSD) the tun checks do not apply; kernel mode is left to tailscaled, which
+    opens the system's own tun devices.
   - O(state=absent) removes the uploaded C(tun.ko) only; C(/dev) and loaded modules are left alone.
 options:
   mode:
@@ -107,7 +109,7 @@ ansible_facts:
     fleetmesh_networking:
       description:
         - C(mode) (V(kernel) or V(userspace)), C(requested_mode), C(branch) (V(node), V(mknod), V(module),
-          V(userspace), V(image)), C(tailscaled_args) (list of flags), C(boot_commands) (list of POSIX sh lines),
+          V(userspace), V(image), V(os) for a non-Linux kernel), C(tailscaled_args) (list of flags), C(boot_commands) (list of POSIX sh lines),
           C(module_path), C(socks5_server), C(outbound_http_proxy_listen), C(tun) (C(node), C(kernel),
           C(module_loaded) as probed).
       type: dict

@@ -140,6 +140,19 @@ def test_firmware_image_is_not_probed_and_makes_the_node_at_boot() -> None:
         decide(None, "auto", module=KO, module_sha256=SHA)
 
 
+def test_non_linux_kernels_are_left_to_tailscaled() -> None:
+    netbsd = probe(os="NetBSD", commands={"ifconfig"})
+    d = decide(netbsd, "kernel")
+    assert (d.mode, d.branch, d.actions, d.boot_commands) == ("kernel", "os", [], [])
+    u = decide(netbsd, "userspace", socks5="127.0.0.1:1055")
+    assert (u.actions, u.boot_commands) == ([], [])
+    assert u.tailscaled_args == ["--tun=userspace-networking", "--socks5-server=127.0.0.1:1055"]
+    with pytest.raises(AnsibleActionFail, match="for Linux kernels, and this device runs NetBSD"):
+        decide(netbsd, "auto", module=KO, module_sha256=SHA)
+    assert parse_probe("@@os\nNetBSD\n@@end\n").os == "NetBSD"
+    assert parse_probe("@@end\n").os == "Linux"
+
+
 @pytest.mark.parametrize(
     ("value", "loopback"),
     [("127.0.0.1:1055", True), ("localhost:1080", True), ("[::1]:1055", True), (":1055", False), ("", True)],
