@@ -14,13 +14,14 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from ansible.errors import AnsibleConnectionFailure
+from ansible.errors import AnsibleConnectionFailure, AnsibleError
 from ansible.playbook.play_context import PlayContext
 from ansible.plugins.loader import connection_loader
 
@@ -152,6 +153,25 @@ def test_failed_put_leaves_the_target_as_it_was(work: dict[str, Any], plain: Any
         assert sh(plain, "ls -a /usrdata/ro").split() == [".", ".."]
     finally:
         sh(plain, "umount /usrdata/ro; rmdir /usrdata/ro; rm -f /usrdata/keep")
+
+
+def test_put_with_a_checksum_mismatch_installs_nothing(
+    work: dict[str, Any], plain: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Debian's busybox ash runs its own sha256sum applet whatever PATH says, so the device cannot be made to lie
+    # here: the controller's expectation is made wrong instead, and the device's check must refuse the file.
+    conn = connect(work, plain)
+    monkeypatch.setattr(sys.modules[type(conn).__module__], "_digests", lambda _path: ("0" * 64, "0" * 32))
+    sh(plain, "echo old > /usrdata/target")
+    try:
+        new = tmp_path / "new"
+        new.write_bytes(b"new content\n")
+        with pytest.raises(AnsibleError, match=r"put /usrdata/target failed \(exit 3\): sha256 on the device is \w+"):
+            conn.put_file(str(new), "/usrdata/target")
+        assert sh(plain, "cat /usrdata/target") == "old\n"
+        assert sh(plain, "ls -a /usrdata | grep -c fmtmp || true").strip() == "0"
+    finally:
+        sh(plain, "rm -f /usrdata/target")
 
 
 # --------------------------------------------------------------------------------------------------- login

@@ -132,6 +132,27 @@ def client(base: Path, serial: str = "ABC", **kwargs: object) -> AdbClient:
     return AdbClient(str(base / "adb"), serial, **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("serial", "tcp"),
+    [("0123456789ABCDEF", False), ("emulator-5554", False), ("192.0.2.31:5555", True), ("ec25.lan:5555", True)],
+)
+def test_tcp_serials_are_told_from_usb_serials(serial: str, tcp: bool) -> None:
+    assert AdbClient("adb", serial).is_tcp is tcp
+
+
+def test_argv_selects_server_port_and_serial() -> None:
+    assert AdbClient("/opt/adb", "ABC", server_port=5999).argv("shell", "x") == [
+        "/opt/adb",
+        "-P",
+        "5999",
+        "-s",
+        "ABC",
+        "shell",
+        "x",
+    ]
+    assert AdbClient("adb", "h:1").argv("connect", "h:1", device=False) == ["adb", "connect", "h:1"]
+
+
 def test_tcp_serial_runs_adb_connect_when_unknown(fake_adb: Path) -> None:
     set_state(fake_adb, "error: device '198.18.0.20:5555' not found\n", 1)
     client(fake_adb, "198.18.0.20:5555", server_port=5999).ensure_ready()
