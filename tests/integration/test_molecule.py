@@ -56,5 +56,5 @@ def test_scenario(scenario: str, tmp_path: Path) -> None:
     recap = {m.group(1): m for m in RECAP_RE.finditer(out)}[scenario]
     # destroy, create, converge, idempotence, verify, side_effect, verify, destroy: all ran, none missing.
     assert (recap.group(2), recap.group(5)) == ("8", "0"), recap.group(0)
-    assert f"{scenario} ➜ idempotence: Executed: Successful" in out
+    assert re.search(rf"{scenario} \S+ idempotence: Executed: Successful", out), "idempotence did not pass"
     assert len(re.findall(r"=+ \d+ passed", out)) == 2, "both verify runs must pass tests"
