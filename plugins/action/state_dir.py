@@ -14,6 +14,7 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script
     run_script,
     sh_quote,
 )
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan import staging_root
 
 FACTS_NAMESPACE = "fleetmesh_state_dir"
 STATE_FILE = "tailscaled.state"
@@ -43,7 +44,7 @@ done
 if [ -f "$new" ] && [ "$(perm "$new")" != 600 ]; then say "chmod 0600 $new"; [ "$dry" = 1 ] || chmod 600 "$new"; fi
 echo @@status
 [ -f "$new" ] && echo state_present
-pidof tailscaled >/dev/null 2>&1 && echo daemon_running
+[ -z __ROOT__ ] && pidof tailscaled >/dev/null 2>&1 && echo daemon_running
 echo @@end
 """
 
@@ -55,9 +56,13 @@ def _abs(value: str, what: str) -> str:
     return value
 
 
-def render(state_dir: str, logs_dir: str, old_paths: t.Sequence[str], dry: bool) -> str:
+def render(state_dir: str, logs_dir: str, old_paths: t.Sequence[str], dry: bool, root: str = "") -> str:
+    """The device script; under a rootfs staging dir ``root`` it works on ``root + path`` and moves nothing."""
+    if root:
+        state_dir, logs_dir, old_paths = root + state_dir, root + logs_dir, []
     return (
         SCRIPT.replace("__DRY__", "1" if dry else "0")
+        .replace("__ROOT__", sh_quote(root))
         .replace("__SD__", sh_quote(state_dir))
         .replace("__LOGS__", sh_quote(logs_dir))
         .replace("__FILE__", STATE_FILE)
@@ -109,13 +114,17 @@ class ActionModule(ActionBase):
                 "path": {"type": "str", "required": True},
                 "logs_dir": {"type": "str", "default": ""},
                 "old_paths": {"type": "list", "elements": "str", "default": []},
+                "root": {"type": "str", "default": ""},
             }
         )
+        root = staging_root(args["root"])
         state_dir = _abs(args["path"], "path")
         logs_dir = _abs(args["logs_dir"], "logs_dir") if args["logs_dir"] else posixpath.join(state_dir, "logs")
         old = [_abs(p, "old_paths") for p in args["old_paths"]]
-        run = run_script(self, render(state_dir, logs_dir, old, bool(self._task.check_mode)), "state dir")
+        run = run_script(self, render(state_dir, logs_dir, old, bool(self._task.check_mode), root), "state dir")
         info = interpret(run.stdout, state_dir, logs_dir)
+        if root:
+            info["changes"] = [change.replace(root + "/", "/") for change in info["changes"]]
         for path in info["both_exist"]:
             self._display.warning(
                 f"{self._task.get_name()}: state exists both at {path} and in {state_dir}: "

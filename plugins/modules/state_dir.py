@@ -31,6 +31,12 @@ options:
     type: list
     elements: str
     default: []
+  root:
+    description:
+      - Rootfs staging dir (a firmware image tree, with a C(local) connection). The dirs are made below it, nothing
+        is moved, and the published facts keep in-image paths. C(/) is refused.
+    type: str
+    default: ''
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.facts

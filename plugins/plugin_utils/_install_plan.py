@@ -109,9 +109,14 @@ def parse_manifest(text: str, root: str = "") -> list[tuple[str, str]]:
     return items
 
 
-def _wanted_dirs(files: t.Sequence[FileSpec], dirs: t.Sequence[str], manifest: str) -> list[str]:
+def _wanted_dirs(
+    files: t.Sequence[FileSpec], dirs: t.Sequence[str], manifest: str, links: t.Sequence[LinkSpec] = ()
+) -> list[str]:
     return sorted(
-        set(dirs) | {posixpath.dirname(f.dest) for f in files} | ({posixpath.dirname(manifest)} if manifest else set())
+        {posixpath.dirname(lk.path) for lk in links}
+        | set(dirs)
+        | {posixpath.dirname(f.dest) for f in files}
+        | ({posixpath.dirname(manifest)} if manifest else set())
     )
 
 
@@ -134,7 +139,7 @@ def check_script(
     out.append("echo @@root; awk '$2 == \"/\" {o=$4} END {print o}' /proc/mounts")
     if manifest:
         out.append(f"echo @@manifest; cat {sh_quote(manifest)} 2>/dev/null")
-        wanted = " ".join(sh_quote(d) for d in _wanted_dirs(files, dirs, manifest))
+        wanted = " ".join(sh_quote(d) for d in _wanted_dirs(files, dirs, manifest, links))
         out.append(
             f'echo @@missing; for q in {wanted}; do while [ ! -e "$q" ]; do echo "$q"; q=$(dirname "$q"); done; done'
         )
@@ -187,7 +192,7 @@ def plan_from_output(
     plan.free = {m: (needed[m], mounts[m]) for m in needed}
     plan.root_readonly = "ro" in sec.get("root", "").strip().split(",")
     if manifest:
-        wanted_dirs = _wanted_dirs(files, dirs, manifest)
+        wanted_dirs = _wanted_dirs(files, dirs, manifest, links)
         missing = {d for d in sec.get("missing", "").split("\n") if d.startswith("/")}
         earlier = {p for k, p in parse_manifest(sec.get("manifest", ""), root) if k == "dir"}
         created = {
@@ -287,6 +292,10 @@ def apply_script(
 
     if verify and verify_stage == "files":
         out += verify_block([])
+    link_dirs = sorted({posixpath.dirname(lk.path) for lk, _cur in plan.links})
+    if link_dirs:
+        # Present on any device; missing in a fresh rootfs staging tree (recorded in the manifest when made).
+        out.append(f"mkdir -p {' '.join(sh_quote(d) for d in link_dirs)} || exit 1")
     for lk, _cur in plan.links:
         out.append(f"ln -sfn {sh_quote(lk.target)} {sh_quote(lk.path)} || exit 1")
     if verify and verify_stage == "links":
