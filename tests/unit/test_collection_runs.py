@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -22,40 +23,96 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedP
 
 
 def local_inventory(tmp_path: Path, group: str) -> Path:
-    """A local host whose profile paths all lie under tmp_path, installing a stand-in release tarball."""
-    root = tmp_path / "target"
-    (root / "bin").mkdir(parents=True)  # a device's bin dir on PATH exists; the role links into it
-    tarball = tmp_path / "tailscale_1.82.0_amd64.tgz"
-    tarball.write_bytes(tarball_bytes("1.82.0", "amd64"))
+    """The local rootfs-staging host, staging into tmp_path/image from a stand-in release tarball (no network)."""
+    tarball = tmp_path / "tailscale_1.82.0_arm.tgz"
+    tarball.write_bytes(tarball_bytes("1.82.0", "arm"))
     inventory = tmp_path / "inventory.yml"
     host = {
         "ansible_connection": "local",
         "ansible_python_interpreter": "{{ ansible_playbook_python }}",
         "binary_src": str(tarball),
-        "device_profile_overrides": {
-            "storage_dir": str(root / "storage"),
-            "bin_dir": str(root / "bin"),
-            "state_dir": str(root / "state"),
-        },
+        "binary_arch": "arm",
+        "binary_cache_dir": str(tmp_path / "cache"),
+        "fleetmesh_rootfs_dir": str(tmp_path / "image"),
     }
     inventory.write_text(json.dumps({"all": {"children": {group: {"hosts": {"target": host}}}}}))
     return inventory
 
 
-def test_site_runs_in_place_without_installing_anything(fresh_clone: Path, tmp_path: Path) -> None:
+def tree(root: Path) -> dict[str, str]:
+    """Every path below root: its mode (octal) for files and dirs, '-> target' for symlinks."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = "/" + str(path.relative_to(root))
+        out[rel] = f"-> {os.readlink(path)}" if path.is_symlink() else oct(path.stat().st_mode & 0o7777)
+    return out
+
+
+# What site.yml stages for the rootfs profile (QuecOpen ql-ol-rootfs layout): binaries, links into PATH, the boot
+# integration (sysvinit, rc5.d), the state dir; links and scripts name in-image paths.
+STAGED = {
+    "/etc/init.d/tailscaled": "-> /usr/lib/tailscale/boot/tailscaled.init",
+    "/etc/rc5.d/S99tailscaled": "-> ../init.d/tailscaled",
+    "/usr/bin/tailscale": "-> /usr/lib/tailscale/current/tailscale",
+    "/usr/bin/tailscaled": "-> /usr/lib/tailscale/current/tailscaled",
+    "/usr/lib/tailscale/.fleetmesh-binary.manifest": "0o644",
+    "/usr/lib/tailscale/1.82.0/tailscale": "0o755",
+    "/usr/lib/tailscale/1.82.0/tailscaled": "0o755",
+    "/usr/lib/tailscale/current": "-> /usr/lib/tailscale/1.82.0",
+    "/usr/lib/tailscale/boot/.fleetmesh-boot.manifest": "0o644",
+    "/usr/lib/tailscale/boot/tailscaled.defaults": "0o644",
+    "/usr/lib/tailscale/boot/tailscaled.init": "0o755",
+    "/usr/lib/tailscale/boot/tailscaled.run": "0o755",
+    "/usrdata/tailscale/state": "0o700",
+    "/usrdata/tailscale/state/logs": "0o700",
+}
+
+
+def test_rootfs_staging_lays_the_image_tree_and_starts_nothing(fresh_clone: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     inventory = local_inventory(tmp_path, "rootfs")
-    proc = run(
-        ["ansible-playbook", "playbooks/site.yml", "-i", str(inventory)],
+    image = tmp_path / "image"
+    site = ["ansible-playbook", "playbooks/site.yml", "-i", str(inventory)]
+    first = run(site, cwd=fresh_clone, env=ansible_env(home))
+    assert "target: profile rootfs" in first.stdout
+    staged = {path: mode for path, mode in tree(image).items() if path in STAGED or not Path(image, path[1:]).is_dir()}
+    assert staged == STAGED
+    # In-image paths only: nothing staged names the build dir.
+    defaults = (image / "usr/lib/tailscale/boot/tailscaled.defaults").read_text()
+    assert "--state=/usrdata/tailscale/state/tailscaled.state" in defaults
+    assert str(tmp_path) not in defaults + (image / "usr/lib/tailscale/boot/.fleetmesh-boot.manifest").read_text()
+    # The init script is valid sh and reads its flags from the staged defaults file.
+    init = image / "usr/lib/tailscale/boot/tailscaled.init"
+    assert subprocess.run(["sh", "-n", str(init)], check=False).returncode == 0
+    assert "/usr/lib/tailscale/boot" in init.read_text()
+
+    second = run(site, cwd=fresh_clone, env=ansible_env(home))
+    assert "changed=0" in second.stdout and "failed=0" in second.stdout
+
+    run([*site, "-e", "fleetmesh_state=absent"], cwd=fresh_clone, env=ansible_env(home))
+    # Exactly the staged files went; the state dir stays (state is never removed).
+    assert set(tree(image)) == {
+        "/usrdata",
+        "/usrdata/tailscale",
+        "/usrdata/tailscale/state",
+        "/usrdata/tailscale/state/logs",
+    }
+
+
+def test_rootfs_profile_refuses_without_a_staging_dir(fresh_clone: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        ["ansible-playbook", "playbooks/site.yml", "-i", "inventories/local"],
         cwd=fresh_clone,
-        env=ansible_env(home),
+        env=ansible_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
-    assert "target: profile rootfs" in proc.stdout
-    assert "failed=0" in proc.stdout
-    assert (tmp_path / "target" / "bin" / "tailscaled").exists()
-    # Nothing was installed into the user's home to make fleetmesh.tailscale resolve.
-    assert not (home / ".ansible" / "collections").exists()
+    assert proc.returncode != 0
+    assert "set fleetmesh_rootfs_dir to that tree" in proc.stdout
+    assert "Fetch, verify and unpack the release" not in proc.stdout
 
 
 def test_unknown_profile_fails_before_anything_runs(fresh_clone: Path, tmp_path: Path) -> None:
@@ -116,4 +173,4 @@ def test_built_artifact_installs_and_runs_by_fqcn(tmp_path: Path) -> None:
         env=ansible_env(home, ANSIBLE_COLLECTIONS_PATH=str(collections)),
     )
     assert "target: profile rootfs" in proc.stdout
-    assert (tmp_path / "target" / "bin" / "tailscaled").exists()
+    assert (tmp_path / "image" / "usr" / "lib" / "tailscale" / "1.82.0" / "tailscaled").is_file()
