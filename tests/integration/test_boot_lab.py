@@ -7,7 +7,10 @@ The release comes from a loopback stand-in mirror; each device is made and remov
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +29,8 @@ lab = pytest.importorskip("fleetlab.lab", reason="the fleetlab package (tests/la
 from provision_lab import release_mirror, run_site, stop_sessions  # noqa: E402
 
 from fleetlab.inventory import lab_auth_key  # noqa: E402
+from fleetlab.standin.release import tarball_bytes  # noqa: E402
+from repo_checkout import REPO, ansible_env  # noqa: E402
 
 KOBO_BOOT = "/usr/local/fleetmesh-tailscale"
 KOBO_STATE = "/mnt/onboard/.tailscale/state"
@@ -258,3 +263,52 @@ def test_systemd_unit_reboot_and_uninstall(systemd: Any, work: Path, mirror: str
     assert sh(systemd, "systemctl is-active tailscaled").strip() != "active"
     assert file_list(systemd, "/etc", "/usr/local", "/opt") == before
     assert sh(systemd, "test -f /var/lib/tailscale/tailscaled.state && echo kept").strip() == "kept"
+
+
+def test_rootfs_tree_boots_in_a_lab_device(sysvinit: Any, tmp_path: Path) -> None:
+    """A firmware tree staged by site.yml (rootfs profile, amd64), unpacked into a sysvinit lab box, boots tailscaled
+    through its rc5.d link with the staged flags (the box's rcS runs /etc/rc5.d/S*)."""
+    tarball = tmp_path / "tailscale_1.82.0_amd64.tgz"
+    tarball.write_bytes(tarball_bytes("1.82.0", "amd64"))
+    image = tmp_path / "image"
+    home = tmp_path / "home"
+    home.mkdir()
+    staged = subprocess.run(
+        [
+            "ansible-playbook",
+            "playbooks/site.yml",
+            "-i",
+            "inventories/local",
+            "-e",
+            json.dumps(
+                {
+                    "fleetmesh_rootfs_dir": str(image),
+                    "binary_arch": "amd64",
+                    "binary_src": str(tarball),
+                    "binary_cache_dir": str(tmp_path / "cache"),
+                    "networking_mode": "userspace",
+                }
+            ),
+        ],
+        cwd=REPO,
+        env=ansible_env(home, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert staged.returncode == 0, staged.stdout[-3000:]
+    if sh(sysvinit, "test -e /var/run/tailscaled.pid && echo yes").strip() == "yes":
+        sh(sysvinit, "/etc/init.d/tailscaled stop")  # an earlier test's install is gone; its daemon too
+    packed = base64.b64encode(
+        subprocess.run(["tar", "-C", str(image), "-czf", "-", "."], check=True, capture_output=True).stdout
+    )
+    unpack = lab.exec_(sysvinit.name, ["sh", "-c", "base64 -d | tar -xzf - -C /"], input=packed.decode())
+    assert unpack.returncode == 0, unpack.stderr
+
+    lab.reboot(sysvinit.name)
+    assert wait_for(lambda: '"PublicKey"' in sh(sysvinit, "tailscale status --json"))
+    flags = daemon_cmdline(sysvinit)
+    assert flags[:2] == ["--statedir=/usrdata/tailscale/state", "--state=/usrdata/tailscale/state/tailscaled.state"]
+    assert "--tun=userspace-networking" in flags
+    assert sh(sysvinit, "/etc/init.d/tailscaled status").startswith("tailscaled is running")
