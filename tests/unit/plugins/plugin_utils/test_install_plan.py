@@ -44,16 +44,19 @@ def install(
     *,
     verify: str = "",
     stage: str = "links",
+    syntax: tuple[str, ...] = (),
+    root: str = "",
 ) -> tuple[Plan, subprocess.CompletedProcess[str] | None]:
     """The action's flow: check, plan, prepare, upload (a copy), apply. Returns the plan and the apply result."""
-    plan = plan_from_output(sh(check_script(files, links, manifest)).stdout, files, links, dirs, manifest)
+    out = sh(check_script(files, links, manifest, dirs)).stdout
+    plan = plan_from_output(out, files, links, dirs, manifest, root=root)
     if not plan.changed:
         return plan, None
     if plan.uploads:
         assert sh(prepare_script(plan, dirs)).returncode == 0
         for f in plan.uploads:
             shutil.copyfile(f.src, tmp_name(f.dest))
-    body = manifest_text(files, links, dirs)
+    body = manifest_text(files, links, plan.manifest_dirs or dirs, root)
     script = apply_script(
         plan,
         dirs,
@@ -63,6 +66,7 @@ def install(
         remount_root=False,
         manifest=manifest,
         manifest_body=body,
+        syntax_check=syntax,
     )
     return plan, sh(script)
 
@@ -174,3 +178,61 @@ def test_space_check_reports_numbers() -> None:
 def test_cut_short_output_is_an_error() -> None:
     with pytest.raises(ValueError, match="cut short"):
         plan_from_output("@@f0\n-\n", [], [], [], "")
+
+
+def test_a_script_failing_sh_n_never_replaces_the_working_one(tmp_path: Path) -> None:
+    ctl, dev = tmp_path / "ctl", tmp_path / "dev"
+    ctl.mkdir()
+    dest = dev / "boot" / "tailscaled.init"
+    good, broken = ctl / "good", ctl / "broken"
+    good.write_text("#!/bin/sh\necho ok\n")
+    broken.write_text("#!/bin/sh\nif then\n")
+    manifest = str(dev / "boot" / ".manifest")
+    _plan, done = install([spec(good, dest)], [], [str(dev / "boot")], manifest, syntax=(str(dest),))
+    assert done is not None and done.returncode == 0
+    _plan, done = install([spec(broken, dest)], [], [str(dev / "boot")], manifest, syntax=(str(dest),))
+    assert done is not None and done.returncode == 4
+    assert "@@syntax" in done.stdout and str(dest) in done.stdout
+    assert dest.read_text() == good.read_text()
+    assert sorted(p.name for p in dest.parent.iterdir()) == [".manifest", "tailscaled.init"]
+
+
+def test_removal_takes_the_parent_dirs_the_install_made(tmp_path: Path) -> None:
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    src = ctl / "f"
+    src.write_text("x")
+    (tmp_path / "etc").mkdir()
+    deep = tmp_path / "new" / "a" / "b"
+    files = [spec(src, deep / "f")]
+    links = [LinkSpec(str(tmp_path / "etc" / "rc5.d" / "S99x"), "../init.d/x")]
+    manifest = str(deep / ".manifest")
+    plan, done = install(files, links, [str(deep)], manifest)
+    assert done is not None and done.returncode == 0
+    assert {str(tmp_path / "new"), str(tmp_path / "new" / "a"), str(tmp_path / "etc" / "rc5.d")} <= set(
+        plan.manifest_dirs
+    )
+    # The second run keeps those dirs in the manifest (they exist now): nothing to change.
+    again, _ = install(files, links, [str(deep)], manifest)
+    assert not again.changed
+    assert sh(remove_script(manifest, False, False)).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ctl", "etc"]
+    assert list((tmp_path / "etc").iterdir()) == []
+
+
+def test_rootfs_staging_root_prefixes_writes_and_keeps_in_image_paths(tmp_path: Path) -> None:
+    ctl, image = tmp_path / "ctl", tmp_path / "image"
+    ctl.mkdir()
+    src = ctl / "tailscaled"
+    src.write_text("#!/bin/sh\n")
+    root = str(image)
+    files = [spec(src, image / "usr/lib/tailscale/tailscaled")]
+    links = [LinkSpec(root + "/usr/bin/tailscaled", "/usr/lib/tailscale/tailscaled")]
+    manifest = root + "/usr/lib/tailscale/.manifest"
+    _plan, done = install(files, links, [root + "/usr/lib/tailscale"], manifest, root=root)
+    assert done is not None and done.returncode == 0
+    assert (image / "usr/bin/tailscaled").readlink() == Path("/usr/lib/tailscale/tailscaled")
+    text = Path(manifest).read_text()
+    assert "file /usr/lib/tailscale/tailscaled" in text and str(tmp_path) not in text
+    assert sh(remove_script(manifest, False, False, root)).returncode == 0
+    assert not image.exists() or not any(image.rglob("*"))
