@@ -94,23 +94,49 @@ def tailscaled_cmdlines(host: Any) -> list[list[str]]:
     return found
 
 
+def present(host: Any, path: str) -> bool:
+    """The path is there, as a file or as a link (a firmware tree's links point at in-image paths)."""
+    return bool(host.run("test -e %s || test -L %s", path, path).rc == 0)
+
+
+def resolve(host: Any, root: str, path: str) -> str:
+    """`readlink -f`, but inside `root` when there is one (a firmware tree's links name in-image paths)."""
+    if not root:
+        return str(host.check_output("readlink -f %s", path))
+    parts, done, hops = path.strip("/").split("/"), "", 0
+    while parts:
+        part = parts.pop(0)
+        link = host.run("readlink %s", f"{root}{done}/{part}")
+        if link.rc != 0:
+            done = f"{done}/{part}"
+            continue
+        hops += 1
+        assert hops < 20, f"{path}: too many levels of links"
+        target = link.stdout.strip()
+        parts = [p for p in target.split("/") if p] + parts
+        if target.startswith("/"):
+            done = ""
+    return done
+
+
 @present_only
 def test_binaries_linked_into_path(host: Any, profile: dict[str, Any]) -> None:
+    root = profile["root"]
     version_dir = f"{profile['storage_dir']}/{profile['version']}"
-    current = host.file(f"{profile['storage_dir']}/current")
-    assert current.is_symlink and current.linked_to == version_dir
+    assert host.file(f"{root}{profile['storage_dir']}/current").is_symlink
+    assert resolve(host, root, f"{profile['storage_dir']}/current") == version_dir
     for program in ("tailscale", "tailscaled"):
-        link = host.file(f"{profile['bin_dir']}/{program}")
+        link = host.file(f"{root}{profile['bin_dir']}/{program}")
         assert link.is_symlink, f"{link.path} is not a link"
-        assert host.check_output(f"readlink -f {link.path}") == f"{version_dir}/{program}"
-        assert host.file(f"{version_dir}/{program}").mode & 0o111
+        assert resolve(host, root, f"{profile['bin_dir']}/{program}") == f"{version_dir}/{program}"
+        assert host.file(f"{root}{version_dir}/{program}").mode & 0o111
     if profile["started"]:
         assert host.check_output(f"{profile['bin_dir']}/tailscale version").splitlines()[0] == profile["version"]
 
 
 @present_only
 def test_state_dir_private(host: Any, profile: dict[str, Any]) -> None:
-    state_dir = host.file(profile["state_dir"])
+    state_dir = host.file(profile["root"] + profile["state_dir"])
     assert state_dir.is_directory
     assert state_dir.mode == 0o700
 
@@ -138,10 +164,10 @@ def test_daemon_runs_with_relocated_state(host: Any, profile: dict[str, Any]) ->
 @present_only
 @needs_role("boot")
 def test_boot_hook_installed(host: Any, profile: dict[str, Any]) -> None:
-    hook = host.file(profile["root"] + BOOT_HOOKS[profile["init_system"]])
-    assert hook.exists, f"{hook.path} is missing"
+    hook = profile["root"] + BOOT_HOOKS[profile["init_system"]]
+    assert present(host, hook), f"{hook} is missing"
     if profile["init_system"] == "sysvinit":
-        assert host.file(profile["root"] + "/etc/init.d/tailscaled").exists
+        assert resolve(host, profile["root"], "/etc/init.d/tailscaled").endswith("/tailscaled.init")
     if profile["init_system"] == "systemd":
         assert host.check_output("systemctl is-enabled tailscaled.service") == "enabled"
 
@@ -180,12 +206,14 @@ def test_reboot_keeps_daemon_and_node_identity(host: Any, profile: dict[str, Any
 
 @absent_only
 def test_absent_leaves_only_the_state(host: Any, profile: dict[str, Any]) -> None:
-    assert not tailscaled_cmdlines(host)
+    root = profile["root"]
+    if profile["started"]:  # a rootfs tree's /proc is the controller's own: nothing of ours runs there
+        assert not tailscaled_cmdlines(host)
     for program in ("tailscale", "tailscaled"):
-        assert not host.file(f"{profile['bin_dir']}/{program}").exists
-    assert not host.file(f"{profile['storage_dir']}/current").exists
+        assert not present(host, f"{root}{profile['bin_dir']}/{program}")
+    assert not present(host, f"{root}{profile['storage_dir']}/current")
     if profile["init_system"] in BOOT_HOOKS:
-        assert not host.file(profile["root"] + BOOT_HOOKS[profile["init_system"]]).exists
+        assert not present(host, root + BOOT_HOOKS[profile["init_system"]])
     if profile["started"] and in_site("boot"):
         # The node's identity is never deleted: a later run brings the same node back.
         assert host.file(f"{profile['state_dir']}/tailscaled.state").is_file
