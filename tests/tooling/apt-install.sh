@@ -16,6 +16,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 echo "apt: installing$missing"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
+# One index out of sync on a mirror (it happens) must not stop us: the install below says what is really missing.
+apt-get update -qq || echo "apt: apt-get update reported errors; installing from the lists it has" >&2
 # shellcheck disable=SC2086  # word splitting of the package list is intended
 apt-get install -y -qq --no-install-recommends $missing
