@@ -33,7 +33,7 @@ teardown() {
     echo "=== demo: tearing down what it started"
     for name in "${started[@]}"; do fleetlab down "$name" || true; done
     if $mirror_started; then fleetlab mirror stop || true; fi
-    # The telnet plugin's sessions live under the demo's control dir: stop them by their recorded pid.
+    # The telnet/adb plugins' sessions live under the demo's control dir: stop them by their recorded pid.
     for pidfile in "$work"/cp/*.pid; do
         if [ -e "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
     done
@@ -76,6 +76,7 @@ fleetlab inventory "${names[@]}" >"$inventory"
 # server port (so a user's adb server on 5037 is left alone; both are stopped at teardown) and the release cache.
 cat >"$work/demo_vars.yml" <<EOF
 fleetmesh_telnet_control_path_dir: $work/cp
+fleetmesh_adb_control_path_dir: $work/cp
 fleetmesh_adb_server_port: $adb_port
 binary_cache_dir: $work/release-cache
 EOF
