@@ -84,9 +84,33 @@ echo "    inventory: $inventory (from 'fleetlab inventory ${names[*]}')"
 echo "    NOTE: the Tailscale binaries on these devices are the lab's stand-ins (POSIX sh scripts that follow the"
 echo "    real CLI contract), served by the lab mirror; the collection itself knows nothing about them."
 
+fleet_table() {
+    echo "=== demo: the fleet (read on each device through 'fleetlab exec')"
+    # shellcheck disable=SC2016 # the probe is expanded by the device's shell, not here
+    # One round trip per device; every field falls back to '-' when that part is not provisioned (yet).
+    probe='v=$(tailscale version 2>/dev/null | head -n1); a=$(uname -m)
+    if j=$(tailscale status --json 2>/dev/null); then
+      s=$(echo "$j" | sed -n "s/.*\"BackendState\": *\"\([A-Za-z]*\)\".*/\1/p" | head -n1)
+      ip=$(tailscale ip -4 2>/dev/null | head -n1)
+      r=$(tailscale debug prefs 2>/dev/null | tr -d " \n" | sed -n "s/.*\"AdvertiseRoutes\":\[\([^]]*\)\].*/\1/p" | tr -d "\"")
+    else s=not-running; fi
+    echo "${a:--}|${v:--}|${s:--}|${ip:--}|${r:--}"'
+    printf '%-10s %-9s %-8s %-8s %-8s %-12s %-15s %s\n' HOST PROFILE DOOR ARCH VERSION STATE "TAILNET IP" ROUTES
+    for entry in "${fleet[@]}"; do
+        name=${entry%%:*} profile=${entry#*:}
+        door=$(fleetlab list | awk -F'\t' -v n="$name" '$1 == n {print $4}' | cut -d' ' -f1)
+        IFS='|' read -r arch version state ip routes < <(fleetlab exec "$name" -- sh -c "$probe" || echo "-|-|unreachable|-|-")
+        printf '%-10s %-9s %-8s %-8s %-8s %-12s %-15s %s\n' "$name" "$profile" "${door:--}" "$arch" "$version" "$state" "$ip" "$routes"
+    done
+}
+
 echo "=== demo: first run of playbooks/site.yml (provisions every device by its profile)"
 t0=$SECONDS
-ansible-playbook -i "$inventory" -e "@$work/demo_vars.yml" playbooks/site.yml
+if ! ansible-playbook -i "$inventory" -e "@$work/demo_vars.yml" playbooks/site.yml; then
+    echo "demo: the first run of site.yml failed; the fleet as it is now:" >&2
+    fleet_table
+    exit 1
+fi
 first=$((SECONDS - t0))
 
 echo "=== demo: second run (must change nothing)"
@@ -99,21 +123,5 @@ if echo "$out" | sed 's/\x1b\[[0-9;]*m//g' | grep -Eq 'changed=[1-9]'; then
     exit 1
 fi
 
-echo "=== demo: the fleet (read on each device through 'fleetlab exec')"
-# shellcheck disable=SC2016 # the probe is expanded by the device's shell, not here
-# One round trip per device; every field falls back to '-' when that part is not provisioned (yet).
-probe='v=$(tailscale version 2>/dev/null | head -n1); a=$(uname -m)
-if pidof tailscaled >/dev/null 2>&1; then
-  s=$(tailscale status --json 2>/dev/null | sed -n "s/.*\"BackendState\": *\"\([A-Za-z]*\)\".*/\1/p" | head -n1)
-  ip=$(tailscale ip -4 2>/dev/null | head -n1)
-  r=$(tailscale debug prefs 2>/dev/null | tr -d " \n" | sed -n "s/.*\"AdvertiseRoutes\":\[\([^]]*\)\].*/\1/p" | tr -d "\"")
-else s=not-running; fi
-echo "${a:--}|${v:--}|${s:--}|${ip:--}|${r:--}"'
-printf '%-10s %-9s %-8s %-8s %-8s %-12s %-15s %s\n' HOST PROFILE DOOR ARCH VERSION STATE "TAILNET IP" ROUTES
-for entry in "${fleet[@]}"; do
-    name=${entry%%:*} profile=${entry#*:}
-    door=$(fleetlab list | awk -F'\t' -v n="$name" '$1 == n {print $4}' | cut -d' ' -f1)
-    IFS='|' read -r arch version state ip routes < <(fleetlab exec "$name" -- sh -c "$probe" || echo "-|-|unreachable|-|-")
-    printf '%-10s %-9s %-8s %-8s %-8s %-12s %-15s %s\n' "$name" "$profile" "${door:--}" "$arch" "$version" "$state" "$ip" "$routes"
-done
+fleet_table
 echo "=== demo: done in $((SECONDS - start)) s (first site.yml run ${first} s, no-op run ${second} s)"
