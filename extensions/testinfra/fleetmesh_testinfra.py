@@ -38,7 +38,10 @@ class _Inventory:
         from ansible.plugins.loader import init_plugin_loader
         from ansible.vars.manager import VariableManager
 
-        init_plugin_loader(C.COLLECTIONS_PATHS)
+        from ansible.utils.collection_loader import AnsibleCollectionConfig
+
+        if AnsibleCollectionConfig.collection_finder is None:  # not already set up by the caller (pytest, Ansible)
+            init_plugin_loader(C.COLLECTIONS_PATHS)
         self.loader = DataLoader()
         if C.DEFAULT_VAULT_PASSWORD_FILE:
             from ansible.cli import CLI
