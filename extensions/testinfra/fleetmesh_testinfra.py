@@ -36,9 +36,8 @@ class _Inventory:
         from ansible.inventory.manager import InventoryManager
         from ansible.parsing.dataloader import DataLoader
         from ansible.plugins.loader import init_plugin_loader
-        from ansible.vars.manager import VariableManager
-
         from ansible.utils.collection_loader import AnsibleCollectionConfig
+        from ansible.vars.manager import VariableManager
 
         if AnsibleCollectionConfig.collection_finder is None:  # not already set up by the caller (pytest, Ansible)
             init_plugin_loader(C.COLLECTIONS_PATHS)
