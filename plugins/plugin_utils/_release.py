@@ -129,11 +129,16 @@ def extract(tarball: Path, out_dir: Path, with_systemd: bool = False) -> dict[st
                     continue
                 dest = out_dir / parts[1]
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dest.with_name(f".{dest.name}.tmp")
-                with tmp.open("wb") as fh:
-                    shutil.copyfileobj(src, fh)
-                tmp.chmod(0o755 if parts[1] in PROGRAMS else 0o644)
-                tmp.replace(dest)
+                # A temp name of its own: forks unpacking the same cached release into this dir must not collide.
+                fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+                tmp = Path(tmp_name)
+                try:
+                    with os.fdopen(fd, "wb") as fh:
+                        shutil.copyfileobj(src, fh)
+                    tmp.chmod(0o755 if parts[1] in PROGRAMS else 0o644)
+                    tmp.replace(dest)
+                finally:
+                    tmp.unlink(missing_ok=True)
                 found[parts[1]] = dest
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ReleaseError(f"{tarball}: not a readable release tarball: {exc}") from exc

@@ -163,3 +163,26 @@ def test_truncated_tarball_is_refused(tmp_path: Path) -> None:
 )
 def test_version_from_name(name: str, version: str) -> None:
     assert version_from_name(name) == version
+
+
+def test_parallel_forks_extract_into_the_same_cache_dir(tmp_path: Path) -> None:
+    """Two hosts of one arch (forks) unpack the same cached release at once: each must get the programs."""
+    src = tmp_path / "t.tgz"
+    src.write_bytes(tarball("1.82.0", "arm", {"tailscale_1.82.0_arm/pad": b"p" * 200_000}))
+    errors: list[Exception] = []
+
+    def unpack() -> None:
+        try:
+            for _round in range(20):
+                extract(src, tmp_path / "out")
+        except ReleaseError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=unpack) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[0]
+    assert (tmp_path / "out/tailscaled").read_bytes() == b"#!/bin/sh\necho daemon\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tailscale", "tailscaled"]
