@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from fleetlab.inventory import host_vars
+from fleetlab.inventory import host_vars, lab_auth_key
 from fleetlab.standin.release import build
 from repo_checkout import REPO, ansible_env
 
@@ -98,7 +98,13 @@ def run_site(
         binary_cache_dir=str(tmp / "cache"),
         iptables_shim_bundles=BUNDLES,
         fleetmesh_telnet_control_path_dir=str(tmp / "cp"),
+        # site.yml logs the node in (login role): the lab's stand-in key, as `fleetlab inventory` gives it.
+        login_auth_key=lab_auth_key(),
     )
+    if device.profile in ("sysvinit", "quecopen"):
+        # These lab boxes have no iptables (kobo gets the shim): site.yml starts tailscaled (boot role), which in
+        # kernel mode needs it. Tests that want kernel mode there set networking_mode (and the shim) themselves.
+        hv["networking_mode"] = "userspace"
     hv.update(extra_vars or {})
     inv = tmp / "inventory.yml"
     inv.write_text(yaml.safe_dump({device.profile: {"hosts": {device.name: hv}}}))
