@@ -24,7 +24,10 @@ from fleetlab.inventory import lab_auth_key  # noqa: E402
 # Per profile: lab options and the variables the lab needs (an iptables shim where the box has no iptables).
 PROFILES = {
     "kobo": ({}, {}),
-    "quecopen": ({"readonly_root": True}, {"device_profile_overrides": {"iptables_shim": True}}),
+    "quecopen": (
+        {"readonly_root": True},
+        {"device_profile_overrides": {"iptables_shim": True}, "networking_mode": "auto"},
+    ),
     "sysvinit": ({}, {"networking_mode": "userspace"}),
     "systemd": ({}, {}),
 }

@@ -220,7 +220,7 @@ def test_kobo_broken_script_never_goes_live(kobo: Any, work: Path, mirror: str) 
 
 
 def test_quecopen_readonly_root_over_adb(quecopen: Any, work: Path, mirror: str) -> None:
-    extra = {"device_profile_overrides": {"iptables_shim": True}}
+    extra = {"device_profile_overrides": {"iptables_shim": True}, "networking_mode": "auto"}
     site(quecopen, work, mirror, **extra)
     flags = daemon_cmdline(quecopen)
     assert flags[:2] == ["--statedir=/usrdata/tailscale/state", "--state=/usrdata/tailscale/state/tailscaled.state"]
