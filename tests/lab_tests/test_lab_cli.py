@@ -89,6 +89,8 @@ def test_inventory_is_valid_for_ansible(devices: None, tmp_path: Path) -> None:
     assert kobo["ansible_connection"] == "fleetmesh.tailscale.telnet"
     assert kobo["ansible_port"] == 23 and kobo["ansible_password"] == ""
     assert data["all"]["children"]["sysvinit"]["hosts"][NAMES[1]]["ansible_password"] == "lab-pw"
+    # The lab's busybox boxes have no iptables: the inventory asks for the shim, as their owner would.
+    assert data["all"]["children"]["sysvinit"]["hosts"][NAMES[1]]["device_profile_overrides"] == {"iptables_shim": True}
     inventory = tmp_path / "lab.yml"
     inventory.write_text(text)
     ansible_inventory = shutil.which("ansible-inventory", path=str(Path(sys.executable).parent))

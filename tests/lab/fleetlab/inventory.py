@@ -22,6 +22,9 @@ AUTH_KEY_VAR = "login_auth_key"
 BUNDLES_VAR = "iptables_shim_bundles"
 # Tailscale release arch -> the lab's bundle dir (Debian arch names).
 BUNDLE_ARCHES = {"arm": "armhf", "amd64": "amd64"}
+# Lab devices whose rootfs has no iptables (busybox + glibc only). tailscaled in kernel mode needs it, so the
+# inventory says what an owner of such a device would: install the shim from the lab's bundles.
+NO_IPTABLES = ("kobo", "quecopen", "sysvinit")
 AUTH_KEY_FILE = RUN_DIR / "authkey"
 
 
@@ -91,7 +94,10 @@ def build(devices: list[Device]) -> dict[str, Any]:
     children: dict[str, Any] = {}
     for device in sorted(devices, key=lambda d: (d.profile, d.name)):
         group = children.setdefault(device.profile, {"hosts": {}})
-        group["hosts"][device.name] = host_vars(device)
+        hv = host_vars(device)
+        if device.profile in NO_IPTABLES:
+            hv["device_profile_overrides"] = {"iptables_shim": True}
+        group["hosts"][device.name] = hv
     return {
         "all": {
             "vars": {
