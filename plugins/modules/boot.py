@@ -117,6 +117,8 @@ options:
     description: Seconds to wait after a start.
     type: int
     default: 30
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
@@ -127,7 +129,7 @@ attributes:
 notes:
   - The device needs only a POSIX shell (busybox ash is enough) with C(sha256sum) (or busybox's), C(stat) and C(df).
 author:
-  - fleetmesh developers
+  - fleetmesh developers !UNKNOWN
 """
 
 EXAMPLES = r"""
