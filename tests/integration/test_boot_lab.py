@@ -312,3 +312,21 @@ def test_rootfs_tree_boots_in_a_lab_device(sysvinit: Any, tmp_path: Path) -> Non
     assert flags[:2] == ["--statedir=/usrdata/tailscale/state", "--state=/usrdata/tailscale/state/tailscaled.state"]
     assert "--tun=userspace-networking" in flags
     assert sh(sysvinit, "/etc/init.d/tailscaled status").startswith("tailscaled is running")
+
+
+def test_login_config_mode_starts_with_the_file_and_restarts_once_on_change(work: Path, mirror: str) -> None:
+    """login_mode config: the config file exists before tailscaled's first start; a change restarts it once."""
+    lab.down("boot-tc")
+    box = lab.up("boot-tc", "sysvinit")
+    try:
+        first = site(box, work, mirror, login_mode="config", login_hostname="cfg-one")
+        assert first.changed >= 1
+        assert "--config=/var/lib/tailscale/tailscaled.conf" in daemon_cmdline(box)
+        assert '"HostName": "cfg-one"' in sh(box, "tailscale status --json")
+        assert site(box, work, mirror, login_mode="config", login_hostname="cfg-one").changed == 0
+        pid = sh(box, "cat /var/run/tailscaled.pid")
+        site(box, work, mirror, login_mode="config", login_hostname="cfg-two")
+        assert sh(box, "cat /var/run/tailscaled.pid") != pid
+        assert '"HostName": "cfg-two"' in sh(box, "tailscale status --json")
+    finally:
+        lab.down("boot-tc")
