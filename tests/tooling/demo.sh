@@ -72,6 +72,16 @@ done
 
 inventory=$work/inventory.yml
 fleetlab inventory "${names[@]}" >"$inventory"
+# The QuecOpen module relays the LAN behind it (its bridge0, 192.168.225.0/24, as in the QuecOpen guide).
+python3 - "$inventory" <<'EOF'
+import sys
+import yaml
+
+path = sys.argv[1]
+data = yaml.safe_load(open(path))
+data["all"]["children"]["quecopen"]["hosts"]["demo-quec"]["routing_routes"] = ["192.168.225.0/24"]
+open(path, "w").write(yaml.safe_dump(data, sort_keys=False))
+EOF
 # The demo's own state stays its own: the telnet plugin's background sessions (under the work dir), a private adb
 # server port (so a user's adb server on 5037 is left alone; both are stopped at teardown) and the release cache.
 cat >"$work/demo_vars.yml" <<EOF
@@ -92,7 +102,7 @@ fleet_table() {
     if j=$(tailscale status --json 2>/dev/null); then
       s=$(echo "$j" | sed -n "s/.*\"BackendState\": *\"\([A-Za-z]*\)\".*/\1/p" | head -n1)
       ip=$(tailscale ip -4 2>/dev/null | head -n1)
-      r=$(tailscale debug prefs 2>/dev/null | tr -d " \n" | sed -n "s/.*\"AdvertiseRoutes\":\[\([^]]*\)\].*/\1/p" | tr -d "\"")
+      r=$(tailscale debug prefs 2>/dev/null | tr -d " \t\n" | sed -n "s/.*\"AdvertiseRoutes\":\[\([^]]*\)\].*/\1/p" | tr -d "\"")
     else s=not-running; fi
     echo "${a:--}|${v:--}|${s:--}|${ip:--}|${r:--}"'
     printf '%-10s %-9s %-8s %-8s %-8s %-12s %-15s %s\n' HOST PROFILE DOOR ARCH VERSION STATE "TAILNET IP" ROUTES
