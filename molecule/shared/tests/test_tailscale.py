@@ -61,6 +61,7 @@ def profile(host: Any) -> dict[str, Any]:
     data["started"] = name != "rootfs"  # a firmware rootfs is files only: nothing runs
     # Where the image's own files are seen from the controller (rootfs), else the device's /.
     data["root"] = hv.get("fleetmesh_rootfs_dir", "") if name == "rootfs" else ""
+    data["routes"] = list(hv.get("routing_routes") or [])
     return data
 
 
@@ -178,6 +179,21 @@ def test_logged_in(host: Any, profile: dict[str, Any]) -> None:
     if not profile["started"]:
         pytest.skip("a firmware rootfs starts nothing: it logs in on its first boot")
     assert status(host, profile)["BackendState"] == "Running"
+
+
+@present_only
+@needs_role("routing")
+def test_routes_advertised_with_forwarding_per_family(host: Any, profile: dict[str, Any]) -> None:
+    if not profile["routes"]:
+        pytest.skip("this host advertises no routes")
+    if not profile["started"]:
+        pytest.skip("a firmware rootfs starts nothing")
+    prefs = json.loads(host.check_output(f"{profile['bin_dir']}/tailscale debug prefs"))
+    assert sorted(prefs["AdvertiseRoutes"]) == sorted(profile["routes"])
+    families = {"ipv6" if ":" in route else "ipv4" for route in profile["routes"]}
+    for family, sysctl in (("ipv4", "ipv4/ip_forward"), ("ipv6", "ipv6/conf/all/forwarding")):
+        if family in families:
+            assert host.file(f"/proc/sys/net/{sysctl}").content_string.strip() == "1", f"{family} forwarding is off"
 
 
 @present_only
