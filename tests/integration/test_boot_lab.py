@@ -57,9 +57,15 @@ def _device(name: str, profile: str, **kwargs: Any) -> Iterator[Any]:
     lab.down(name)
 
 
+# The kobo's file list right after it came up, before anything was provisioned (for the uninstall test).
+KOBO_BEFORE: set[str] = set()
+
+
 @pytest.fixture(scope="module")
 def kobo() -> Iterator[Any]:
-    yield from _device("boot-tk", "kobo")
+    for device in _device("boot-tk", "kobo"):
+        KOBO_BEFORE.update(file_list(device, "/", "/mnt/onboard"))
+        yield device
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +223,21 @@ def test_kobo_broken_script_never_goes_live(kobo: Any, work: Path, mirror: str) 
     assert f"{KOBO_BOOT}/tailscaled.defaults" in run.output
     # The working script, the running daemon and the directory (no temp file left) are as they were.
     assert sh(kobo, state) == before
+
+
+def test_kobo_uninstall_leaves_only_the_state(kobo: Any, work: Path, mirror: str) -> None:
+    assert KOBO_BEFORE
+    gone = site(kobo, work, mirror, fleetmesh_state="absent")
+    assert gone.changed >= 1
+    assert "tailscaled" not in sh(kobo, "ps -o comm")
+    after = file_list(kobo, "/", "/mnt/onboard")
+    # Binaries, iptables shim, udev rules, boot scripts and links are gone; the state dir (with its logs and the
+    # dir that holds it) stays.
+    kept = {p for p in after - KOBO_BEFORE if p.startswith(KOBO_STATE) or KOBO_STATE.startswith(p + "/")}
+    assert after - KOBO_BEFORE - kept == set()
+    assert kept >= {"/mnt/onboard/.tailscale", KOBO_STATE}
+    assert KOBO_BEFORE - after == set()
+    assert f"{KOBO_STATE}/tailscaled.state" in after
 
 
 def test_quecopen_readonly_root_over_adb(quecopen: Any, work: Path, mirror: str) -> None:
