@@ -143,6 +143,8 @@ def test_sysvinit_provision_reboot_and_uninstall(sysvinit: Any, work: Path, mirr
 
     second = site(sysvinit, work, mirror, networking_mode="userspace")
     assert second.changed == 0 and second.puts == 0, second.output[-3000:]
+    checked = run_site(sysvinit, work, mirror, {"networking_mode": "userspace"}, check=True)
+    assert checked.rc == 0 and checked.changed == 0, checked.output[-3000:]
 
     lab.reboot(sysvinit.name)
     assert wait_for(lambda: '"PublicKey"' in sh(sysvinit, "tailscale status --json"))
