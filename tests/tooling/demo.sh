@@ -37,6 +37,12 @@ teardown() {
     for pidfile in "$work"/cp/*.pid; do
         if [ -e "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
     done
+    # ssh's control masters (systemd device) name their socket in the same dir.
+    for p in /proc/[0-9]*; do
+        case "$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" in
+        "ssh: $work/cp/"*) kill "${p#/proc/}" 2>/dev/null || true ;;
+        esac
+    done
     if [ -e "$work/demo_vars.yml" ]; then adb -P "$adb_port" kill-server 2>/dev/null || true; fi
     rm -rf "$work"
     exit $rc
@@ -82,11 +88,12 @@ data = yaml.safe_load(open(path))
 data["all"]["children"]["quecopen"]["hosts"]["demo-quec"]["routing_routes"] = ["192.168.225.0/24"]
 open(path, "w").write(yaml.safe_dump(data, sort_keys=False))
 EOF
-# The demo's own state stays its own: the telnet plugin's background sessions (under the work dir), a private adb
-# server port (so a user's adb server on 5037 is left alone; both are stopped at teardown) and the release cache.
+# The demo's own state stays its own: the telnet/adb plugins' sessions and ssh's masters (under the work dir), a
+# private adb server port (a user's adb server on 5037 is left alone), all stopped at teardown, and the release cache.
 cat >"$work/demo_vars.yml" <<EOF
 fleetmesh_telnet_control_path_dir: $work/cp
 fleetmesh_adb_control_path_dir: $work/cp
+ansible_control_path_dir: $work/cp
 fleetmesh_adb_server_port: $adb_port
 binary_cache_dir: $work/release-cache
 EOF
