@@ -159,6 +159,11 @@ def test_sysvinit_provision_reboot_and_uninstall(sysvinit: Any, work: Path, mirr
     assert daemon_cmdline(sysvinit)[-1] == "--port=41642"
     assert node_key(sysvinit) == key
 
+    # Another release (the binary role switches `current`): the running daemon is restarted onto it, same node.
+    site(sysvinit, work, mirror, networking_mode="userspace", binary_version="1.80.3")
+    assert sh(sysvinit, "tailscale version --daemon").startswith("1.80.3")
+    assert node_key(sysvinit) == key
+
     gone = site(sysvinit, work, mirror, networking_mode="userspace", fleetmesh_state="absent")
     assert gone.changed >= 1
     assert "tailscaled" not in sh(sysvinit, "ps -o comm")
