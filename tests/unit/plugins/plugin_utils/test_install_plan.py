@@ -213,7 +213,7 @@ def test_removal_takes_the_parent_dirs_the_install_made(tmp_path: Path) -> None:
         plan.manifest_dirs
     )
     # The second run keeps those dirs in the manifest (they exist now): nothing to change.
-    again, _ = install(files, links, [str(deep)], manifest)
+    again, _done = install(files, links, [str(deep)], manifest)
     assert not again.changed
     assert sh(remove_script(manifest, False, False)).returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ctl", "etc"]
