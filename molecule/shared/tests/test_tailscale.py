@@ -30,6 +30,13 @@ BOOT_HOOKS = {
     "sysvinit": "/etc/rc5.d/S99tailscaled",
     "systemd": "/etc/systemd/system/multi-user.target.wants/tailscaled.service",
 }
+# Login role variables and the pref each one sets.
+PREFS = {
+    "login_hostname": "Hostname",
+    "login_accept_routes": "RouteAll",
+    "login_shields_up": "ShieldsUp",
+    "login_ssh": "RunSSH",
+}
 # The scenario's side_effect removes Tailscale (fleetmesh_state=absent) and leaves this mark for the second verify.
 ABSENT_MARK = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "fleetmesh_state_absent"
 ABSENT = ABSENT_MARK.exists()
@@ -62,6 +69,11 @@ def profile(host: Any) -> dict[str, Any]:
     # Where the image's own files are seen from the controller (rootfs), else the device's /.
     data["root"] = hv.get("fleetmesh_rootfs_dir", "") if name == "rootfs" else ""
     data["routes"] = list(hv.get("routing_routes") or [])
+    # Prefs the host declares (login role; null = not managed), as `tailscale debug prefs` names them.
+    data["prefs"] = {"CorpDNS": hv.get("login_accept_dns", data["accept_dns"])}
+    for var, pref in PREFS.items():
+        if hv.get(var) is not None:
+            data["prefs"][pref] = hv[var]
     return data
 
 
@@ -179,6 +191,15 @@ def test_logged_in(host: Any, profile: dict[str, Any]) -> None:
     if not profile["started"]:
         pytest.skip("a firmware rootfs starts nothing: it logs in on its first boot")
     assert status(host, profile)["BackendState"] == "Running"
+
+
+@present_only
+@needs_role("login")
+def test_prefs_as_declared(host: Any, profile: dict[str, Any]) -> None:
+    if not profile["started"]:
+        pytest.skip("a firmware rootfs starts nothing: prefs are set on its first boot")
+    prefs = json.loads(host.check_output(f"{profile['bin_dir']}/tailscale debug prefs"))
+    assert {key: prefs[key] for key in profile["prefs"]} == profile["prefs"]
 
 
 @present_only
