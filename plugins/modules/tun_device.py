@@ -109,7 +109,8 @@ ansible_facts:
     fleetmesh_networking:
       description:
         - C(mode) (V(kernel) or V(userspace)), C(requested_mode), C(branch) (V(node), V(mknod), V(module),
-          V(userspace), V(image), V(os) for a non-Linux kernel), C(tailscaled_args) (list of flags), C(boot_commands) (list of POSIX sh lines),
+          V(userspace), V(image), V(os) for a non-Linux kernel), C(tailscaled_args) (list of flags),
+          C(boot_commands) (list of POSIX sh lines),
           C(module_path), C(socks5_server), C(outbound_http_proxy_listen), C(tun) (C(node), C(kernel),
           C(module_loaded) as probed).
       type: dict
