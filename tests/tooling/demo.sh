@@ -140,5 +140,13 @@ if echo "$out" | sed 's/\x1b\[[0-9;]*m//g' | grep -Eq 'changed=[1-9]'; then
     exit 1
 fi
 
+echo "=== demo: a check-mode run (--check) on the provisioned fleet (must report no change)"
+out=$(ansible-playbook --check -i "$inventory" -e "@$work/demo_vars.yml" playbooks/site.yml) || { echo "$out"; exit 1; }
+echo "$out" | sed -n '/PLAY RECAP/,$p'
+if echo "$out" | sed 's/\x1b\[[0-9;]*m//g' | grep -Eq 'changed=[1-9]'; then
+    echo "demo: --check reports a change on a provisioned fleet" >&2
+    exit 1
+fi
+
 fleet_table
 echo "=== demo: done in $((SECONDS - start)) s (first site.yml run ${first} s, no-op run ${second} s)"
