@@ -178,7 +178,7 @@ def test_parallel_forks_extract_into_the_same_cache_dir(tmp_path: Path) -> None:
         except ReleaseError as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=unpack) for _ in range(6)]
+    threads = [threading.Thread(target=unpack) for _fork in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
