@@ -193,6 +193,7 @@ import os
 import secrets
 import shlex
 import tempfile
+import time
 import typing as t
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
@@ -205,6 +206,7 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._adb_client im
     AdbError,
     DeviceGone,
     LoginRequired,
+    NotStarted,
     feature_list,
 )
 
@@ -229,6 +231,7 @@ class Connection(ConnectionBase):
         self._client: AdbClient | None = None
         self._shell_v2 = False
         self._socket_path: str | None = None  # set once the device is known to ask for a login
+        self._proven = False  # a command or push went through this connection's transport
 
     # ------------------------------------------------------------------------------------------------ settings
 
@@ -327,19 +330,51 @@ class Connection(ConnectionBase):
 
     # ------------------------------------------------------------------------------------------------ commands
 
+    def _fresh_transport(self, what: t.Callable[[], t.Any]) -> t.Any:
+        """Do what (the connection's first command or push) and, when the adb server's transport fails before the
+        device opened the service (a stale transport to a rebooted device: the command never started), make the
+        transport afresh (adb disconnect + adb connect) and try again, a bounded number of times.
+
+        Only before anything went through this connection: a later failure may come from a command that ran.
+        """
+        tries = 0
+        deadline = time.monotonic() + float(self.get_option("timeout"))
+        while True:
+            try:
+                result = what()
+            except NotStarted as exc:
+                tries += 1
+                if self._proven or tries >= 3 or not self.client.is_tcp or time.monotonic() >= deadline:
+                    after = f" (after {tries} fresh connections)" if tries > 1 else ""
+                    raise AnsibleConnectionFailure(f"adb {self.client.serial}: {exc}{after}") from None
+                self._vvv(f"{exc}: the command did not start; adb disconnect + adb connect, then again")
+                try:
+                    state = self.client.reconnect()
+                except AdbError as again:
+                    raise AnsibleConnectionFailure(f"adb {self.client.serial}: {exc}; then {again}") from None
+                if state != "device":
+                    raise AnsibleConnectionFailure(
+                        f"adb {self.client.serial}: {exc}; after adb connect the device is {state or 'not listed'}"
+                    ) from None
+                continue
+            self._proven = True
+            return result
+
     def _run(self, command: str) -> tuple[int, bytes, bytes]:
         """Run a command the way this device needs: shell protocol, framed adb shell, or the logged-in session."""
         if self._socket_path is not None:
             return self._session_run(command)
         try:
             if self._shell_v2:
-                return self.client.shell_v2(command, timeout=self._command_timeout())
-            return self.client.shell_framed(
-                command,
-                secrets.token_hex(8),
-                str(self.get_option("tmp_dir")) or None,
-                timeout=self._command_timeout(),
-                login_res=(str(self.get_option("login_prompt_re")), str(self.get_option("password_prompt_re"))),
+                return self._fresh_transport(lambda: self.client.shell_v2(command, timeout=self._command_timeout()))
+            return self._fresh_transport(
+                lambda: self.client.shell_framed(
+                    command,
+                    secrets.token_hex(8),
+                    str(self.get_option("tmp_dir")) or None,
+                    timeout=self._command_timeout(),
+                    login_res=(str(self.get_option("login_prompt_re")), str(self.get_option("password_prompt_re"))),
+                )
             )
         except LoginRequired as exc:
             self._vvv(f"{exc}: logging in (a background session keeps the login for the next tasks)")
@@ -351,7 +386,7 @@ class Connection(ConnectionBase):
 
     def _command_timeout(self) -> float | None:
         limit = float(self.get_option("command_timeout"))
-        return limit or 1e9  # 0: as long as the adb client keeps the stream
+        return limit or 1e6  # 0: as long as the adb client keeps the stream (1e6 s: poll() takes at most 2^31 ms)
 
     def _session_run(self, command: str) -> tuple[int, bytes, bytes]:
         if self._socket_path is None:
@@ -387,7 +422,7 @@ class Connection(ConnectionBase):
 
     def _push(self, local: str, remote: str) -> None:
         try:
-            self.client.push(local, remote)
+            self._fresh_transport(lambda: self.client.push(local, remote))
         except DeviceGone as exc:
             raise AnsibleConnectionFailure(f"adb {self.client.serial}: {exc}") from None
         except AdbError as exc:

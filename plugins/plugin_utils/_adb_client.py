@@ -39,6 +39,15 @@ GONE_RE = re.compile(
     r"device unauthorized|device still connecting)|connection reset|broken pipe|failed to get feature set",
     re.IGNORECASE,
 )
+# adb client messages printed before the shell service was opened on the device: the command never started. A
+# rebooted or re-made device at the same host:port leaves the adb server a stale transport that fails this way.
+NOT_STARTED_RE = re.compile(
+    r"(?:adb: )?error: (?:closed|device offline|device '[^']*' not found|no devices(?:/emulators)? found|"
+    r"device still connecting|failed to get feature set: .*)",
+    re.IGNORECASE,
+)
+# `adb connect` attempts (each after `adb disconnect`) for a TCP serial, all within the connection timeout.
+CONNECT_TRIES = 3
 
 
 class AdbError(Exception):
@@ -47,6 +56,11 @@ class AdbError(Exception):
 
 class DeviceGone(AdbError):
     """The device went away (unplugged, adbd died, link cut): the host is unreachable."""
+
+
+class NotStarted(DeviceGone):
+    """The adb server's transport failed before the device opened the shell: the command never ran, so it can be
+    sent again once the transport is made afresh (adb disconnect + adb connect)."""
 
 
 class LoginRequired(AdbError):
@@ -161,8 +175,25 @@ class AdbClient:
         if state == "device":
             return
         if self.is_tcp and state in ("", "offline"):
-            if state == "offline":
-                self.disconnect()  # a stale transport: connect afresh rather than wait for it
+            state = self.reconnect(stale=state == "offline")
+        if state == "device":
+            return
+        if state in STATE_ERRORS:
+            raise DeviceGone(f"{self.serial}: {STATE_ERRORS[state]}")
+        raise DeviceGone(f"{self.serial}: device not found by the adb server (not plugged in, or wrong serial)")
+
+    def reconnect(self, stale: bool = True) -> str:
+        """`adb disconnect` (a stale transport) then `adb connect`, again up to CONNECT_TRIES times within the
+        timeout while the connection is taken but the device does not come up as "device".
+
+        Returns the last state seen; raises DeviceGone at once when the device refuses the TCP connection or never
+        answers (another try would only wait as long again).
+        """
+        deadline = time.monotonic() + self.timeout
+        state = ""
+        for attempt in range(1, CONNECT_TRIES + 1):
+            if stale or attempt > 1:
+                self.disconnect()
             proc = self.run("connect", self.serial, device=False)
             answer = (proc.stdout + proc.stderr).decode(errors="replace").strip()
             if "connected to" not in answer or "failed" in answer or "unable" in answer:
@@ -170,16 +201,15 @@ class AdbClient:
                 raise DeviceGone(
                     f"adb connect {self.serial} failed: {answer or 'no answer'}" + (f"; {why}" if why else "")
                 )
-            state = self._settle()
-        if state == "device":
-            return
-        if state in STATE_ERRORS:
-            raise DeviceGone(f"{self.serial}: {STATE_ERRORS[state]}")
-        raise DeviceGone(f"{self.serial}: device not found by the adb server (not plugged in, or wrong serial)")
+            state = self._settle(deadline)
+            if state == "device" or time.monotonic() >= deadline:
+                break
+            time.sleep(min(0.5 * attempt, max(0.0, deadline - time.monotonic())))
+        return state
 
-    def _settle(self, wait: float = 5.0) -> str:
+    def _settle(self, until: float, wait: float = 5.0) -> str:
         """State after `adb connect`, which returns before the device's CNXN (or AUTH) has come back."""
-        deadline = time.monotonic() + min(wait, self.timeout)
+        deadline = min(time.monotonic() + wait, until)
         while True:
             state = self.state()
             if state == "device" or time.monotonic() >= deadline:
@@ -200,7 +230,11 @@ class AdbClient:
     def shell_v2(self, command: str, timeout: float | None = None) -> tuple[int, bytes, bytes]:
         """Run a command with the shell protocol (-T: no pty, raw output); adb returns the remote exit status."""
         proc = self.run("shell", "-T", command, timeout=timeout)
-        if proc.returncode == 255 and GONE_RE.search(proc.stderr.decode(errors="replace")):
+        text = proc.stderr.decode(errors="replace")
+        # Only the adb client's own one-line error, with no output: the command's stderr shares this stream here.
+        if proc.returncode in (1, 255) and not proc.stdout and NOT_STARTED_RE.fullmatch(text.strip()):
+            raise NotStarted(f"adb shell on {self.serial}: {_printable(proc.stderr)}")
+        if proc.returncode == 255 and GONE_RE.search(text):
             raise DeviceGone(f"adb shell on {self.serial}: {_printable(proc.stderr)}")
         return proc.returncode, proc.stdout, proc.stderr
 
@@ -258,6 +292,8 @@ class AdbClient:
                 if pipe is not None:
                     pipe.close()
         text = err.decode(errors="replace")
+        if not started and not out and NOT_STARTED_RE.search(text):  # stderr here is the adb client's alone
+            raise NotStarted(f"adb shell on {self.serial} failed: {text.strip()[-400:]}")
         if rc != 0 or (not started and GONE_RE.search(text)):
             # Old adbd always returns 0: a failure here is the client's or the transport's.
             raise DeviceGone(f"adb shell on {self.serial} failed: {(text or _printable(bytes(out))).strip()[-400:]}")
@@ -265,6 +301,8 @@ class AdbClient:
 
     def push(self, local: str, remote: str) -> None:
         proc = self.run("push", local, remote, timeout=max(self.timeout, 600))
+        if proc.returncode != 0 and NOT_STARTED_RE.search(_tail(proc)):  # to a temp name: safe to push again
+            raise NotStarted(f"adb push to {remote} failed: {_tail(proc)}")
         if proc.returncode != 0:
             raise self._transfer_error(f"adb push to {remote} failed: {_tail(proc)}")
 

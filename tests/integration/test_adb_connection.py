@@ -288,3 +288,26 @@ def test_connect_errors_name_the_cause(work: dict[str, Any], plain: Any) -> None
     subprocess.run(
         ["adb", "-P", str(work["port"]), "disconnect", f"127.0.0.1:{port}"], capture_output=True, check=False
     )
+
+
+FLAKY = "adb-i4"
+
+
+def test_first_command_after_reboot_or_fresh_up_reconnects(work: dict[str, Any]) -> None:
+    """A rebooted (or re-made) device at the same address leaves the adb server a stale transport: the first shell
+    then fails before it starts ("device offline", "error: closed", "device not found"). The plugin drops that
+    transport and connects again, so the first command right after each reboot runs (once: the counter shows it)."""
+    lab.down(FLAKY)
+    try:
+        device = lab.up(FLAKY, "quecopen")
+        assert connect(work, device).exec_command("echo warm")[1] == b"warm\n"
+        for attempt in range(4):
+            device = lab.reboot(FLAKY) if attempt % 2 == 0 else (lab.down(FLAKY), lab.up(FLAKY, "quecopen"))[1]
+            conn = connect(work, device, timeout=30)
+            rc, out, err = conn.exec_command(
+                "n=$(cat /tmp/fm-ran 2>/dev/null); echo $((n+1)) >/tmp/fm-ran; cat /tmp/fm-ran"
+            )  # noqa: E501
+            assert (rc, out) == (0, b"1\n"), (attempt, err)
+            assert connect(work, device).exec_command("echo again")[1] == b"again\n"
+    finally:
+        lab.down(FLAKY)

@@ -119,18 +119,10 @@ def node(device: Any) -> str:
     return sh(device, f"if [ -e {NODE} ]; then ls -l {NODE} | awk '{{print $1, $5, $6}}'; else echo absent; fi")
 
 
-def forget_adb_transport(device: Any) -> None:
-    """Drop the adb server's transport to this address: one left from an earlier device (or boot) at the same
-    address still says "device" and its first shell fails with "error: closed" (reported to the adb plugin)."""
-    serial = host_vars(device)["fleetmesh_adb_serial"]
-    subprocess.run(["adb", "disconnect", serial], capture_output=True, timeout=30, check=False)
-
-
 @pytest.fixture(scope="module")
 def quec() -> Iterator[Any]:
     lab.down(QUEC)
     device = lab.up(QUEC, "quecopen")
-    forget_adb_transport(device)
     yield device
     lab.down(QUEC)
 
@@ -162,7 +154,6 @@ def test_quecopen_without_node_gets_it_and_the_boot_lines_bring_it_back(quec: An
     assert again.rc == 0 and again.changed == 0, again.output[-2000:]
     assert again.facts["branch"] == "node" and again.facts["boot_commands"] == facts["boot_commands"]
     lab.reboot(QUEC)
-    forget_adb_transport(quec)
     assert node(quec) == "absent\n"  # /dev is rebuilt at boot: the node must be made again every time
     # What the boot integration runs before tailscaled: the published lines, in the device's own sh.
     for line in facts["boot_commands"]:
