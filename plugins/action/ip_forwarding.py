@@ -24,7 +24,8 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script
 SYSCTLS = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
 
 ARGUMENT_SPEC: dict[str, t.Any] = {
-    "families": {"type": "list", "elements": "int", "required": True},
+    "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+    "families": {"type": "list", "elements": "int", "default": []},
     "persist": {"type": "str", "default": "none", "choices": ["none", "sysctl_file", "rc_script"]},
     "sysctl_file": {"type": "str", "default": "/etc/sysctl.d/99-fleetmesh-tailscale.conf"},
     "rc_script": {"type": "str", "default": "/etc/init.d/fleetmesh-ipforward"},
@@ -33,20 +34,24 @@ ARGUMENT_SPEC: dict[str, t.Any] = {
 }
 
 
+# First line of everything this action writes after the shebang: absent removes only files that carry it.
+MARK = "# Managed by fleetmesh.tailscale (routing role)"
+
+
 def proc_path(sysctl: str) -> str:
     return "/proc/sys/" + sysctl.replace(".", "/")
 
 
 def sysctl_file_text(families: list[int]) -> str:
     lines = "".join(f"{SYSCTLS[f]} = 1\n" for f in families)
-    return f"# Managed by fleetmesh.tailscale (routing role): forwarding for advertised subnet routes.\n{lines}"
+    return f"{MARK}: forwarding for advertised subnet routes.\n{lines}"
 
 
 def rc_script_text(families: list[int]) -> str:
     writes = "".join(f"\t[ -w {proc_path(SYSCTLS[f])} ] && echo 1 > {proc_path(SYSCTLS[f])}\n" for f in families)
     return (
         "#!/bin/sh\n"
-        "# Managed by fleetmesh.tailscale (routing role): forwarding for advertised subnet routes, at every boot.\n"
+        f"{MARK}: forwarding for advertised subnet routes, at every boot.\n"
         'case "${1:-start}" in\n'
         "start)\n"
         f"{writes}"
@@ -67,6 +72,8 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         del tmp
         _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        if args["state"] == "absent":
+            return self._absent(args, result)
         families = sorted({int(f) for f in args["families"]})
         bad = [f for f in families if f not in SYSCTLS]
         if bad:
@@ -138,4 +145,37 @@ class ActionModule(ActionBase):
                 f"could not enable forwarding {[SYSCTLS[f] for f in to_write]} or persist it in {target or '-'}: "
                 f"{(done.stdout + done.stderr).strip()[:800]}"
             )
+        return result
+
+    def _absent(self, args: dict[str, t.Any], result: dict[str, t.Any]) -> dict[str, t.Any]:
+        """Remove the persistence this action wrote (files carrying MARK, links to its rc script); the running
+        sysctls stay as they are: the device's value before the role was never recorded."""
+        files = [str(args["sysctl_file"]), str(args["rc_script"])]
+        links = [str(link) for link in args["rc_links"]]
+        link_target = f"../init.d/{files[1].rsplit('/', 1)[-1]}"
+        read = "echo @@rootopts; awk '$2 == \"/\" {o = $4} END {print o}' /proc/mounts 2>/dev/null\n"
+        for i, path in enumerate(files):
+            read += f"echo @@file{i}; [ -f {sh_quote(path)} ] && grep -c {sh_quote('^' + MARK)} {sh_quote(path)}\n"
+        for i, link in enumerate(links):
+            read += f"echo @@link{i}; readlink {sh_quote(link)} 2>/dev/null\n"
+        sec = parse_sections(run_script(self, read + "echo @@end\n", "ip_forwarding (read)").stdout)
+        if "end" not in sec:
+            raise AnsibleActionFail("ip_forwarding: the device's output was cut short")
+        ours = [path for i, path in enumerate(files) if sec.get(f"file{i}", "").strip() not in ("", "0")]
+        ours += [link for i, link in enumerate(links) if sec.get(f"link{i}", "").strip() == link_target]
+        result.update(changed=bool(ours), removed=ours)
+        if not ours or self._task.check_mode:
+            return result
+        root_ro = "ro" in sec.get("rootopts", "").strip().split(",")
+        if root_ro and not args["remount_rw"]:
+            raise AnsibleActionFail(
+                f"/ is mounted read-only, so {ours} cannot be removed: set remount_rw (the profile's readonly_root)"
+            )
+        script = "set -e\n"
+        if root_ro:
+            script += "mount -o remount,rw /\ntrap 'sync; mount -o remount,ro /' EXIT\n"
+        script += "rm -f " + " ".join(sh_quote(path) for path in ours) + "\n"
+        done = run_script(self, script, "ip_forwarding (remove)")
+        if done.rc != 0:
+            raise AnsibleActionFail(f"could not remove {ours}: {(done.stdout + done.stderr).strip()[:800]}")
         return result

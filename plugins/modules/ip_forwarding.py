@@ -14,12 +14,20 @@ description:
     writes C(1) only when it is not already C(1) (as containerboot does).
   - Persists the setting in the device's own way, see O(persist).
   - Works on devices without Python (POSIX sh over the connection).
+  - With O(state=absent), removes the persistence it wrote (O(sysctl_file) and O(rc_script) when they carry its
+    C(Managed by fleetmesh.tailscale) header, O(rc_links) that point to that script) and leaves the running sysctls as
+    they are (their value before was never recorded).
 options:
+  state:
+    description: C(present) enables and persists forwarding; C(absent) removes the persistence files only.
+    type: str
+    choices: [present, absent]
+    default: present
   families:
     description: IP versions that need forwarding (C(4), C(6)), e.g. from the routes' address families.
     type: list
     elements: int
-    required: true
+    default: []
   persist:
     description:
       - C(sysctl_file) writes O(sysctl_file) (read at boot by systemd-sysctl, OpenWrt and most full distros).
@@ -66,21 +74,31 @@ EXAMPLES = r"""
     families: [4]
     persist: rc_script
     rc_links: [/etc/rc5.d/S01fleetmesh-ipforward]
+
+- name: Remove that boot script and its link again (forwarding stays as it is until the next boot)
+  fleetmesh.tailscale.ip_forwarding:
+    state: absent
+    rc_links: [/etc/rc5.d/S01fleetmesh-ipforward]
 """
 
 RETURN = r"""
 sysctls:
   description: The sysctls managed.
-  returned: always
+  returned: when O(state=present)
   type: list
   elements: str
 enabled:
   description: The sysctls that were not 1 and were (or would be) written.
-  returned: always
+  returned: when O(state=present)
   type: list
   elements: str
 persisted_in:
   description: The file that keeps the setting across reboot, if any.
-  returned: always
+  returned: when O(state=present)
   type: str
+removed:
+  description: The files and links that were (or would be) removed.
+  returned: when O(state=absent)
+  type: list
+  elements: str
 """

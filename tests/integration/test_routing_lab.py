@@ -191,3 +191,37 @@ def test_empty_route_list_withdraws_routes(device: Path) -> None:
     assert res.returncode == 0, res.stdout[-3000:]
     assert "advertises no subnet routes" in res.stdout
     assert prefs()["AdvertiseRoutes"] is None
+
+
+def test_absent_removes_the_boot_script_only_and_keeps_running_forwarding(device: Path) -> None:
+    """fleetmesh_state=absent: the rc script and its link the role wrote go (check mode first changes nothing); a
+    file at the sysctl drop-in path the role did not write stays; the running sysctls stay as they are."""
+    files = (
+        "/etc/init.d/fleetmesh-ipforward /etc/rc5.d/S01fleetmesh-ipforward /etc/sysctl.d/99-fleetmesh-tailscale.conf"
+    )
+    foreign = "net.ipv4.ip_forward = 1  # the owner's own\n"
+    dev("sh", "-c", "mkdir -p /etc/sysctl.d && cat > /etc/sysctl.d/99-fleetmesh-tailscale.conf", stdin=foreign)
+
+    def present() -> str:
+        return dev("sh", "-c", f"for f in {files}; do [ -e $f ] || [ -L $f ] && echo $f; done").stdout
+
+    assert present().split() == files.split()
+    running = (sysctl(4), sysctl(6))
+    (device / "absent.yml").write_text(
+        "- hosts: all\n  gather_facts: false\n  roles:\n    - fleetmesh.tailscale.device\n"
+        "    - fleetmesh.tailscale.routing\n"
+    )
+    base = ["-e", "fleetmesh_state=absent", str(device / "absent.yml")]
+    run = [
+        subprocess.run(
+            ["ansible-playbook", "-i", str(device / "inventory.yml"), *extra, *base],
+            env=ansible_env(device, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
+            capture_output=True, text=True, timeout=300, check=False,
+        )
+        for extra in (["--check"], [], [])
+    ]  # fmt: skip
+    for res, changed in zip(run, (1, 1, 0), strict=True):
+        assert res.returncode == 0 and f"changed={changed} " in res.stdout, res.stdout[-3000:]
+    assert present().split() == ["/etc/sysctl.d/99-fleetmesh-tailscale.conf"]
+    assert dev("cat", "/etc/sysctl.d/99-fleetmesh-tailscale.conf").stdout == foreign
+    assert (sysctl(4), sysctl(6)) == running
