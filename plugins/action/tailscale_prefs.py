@@ -97,6 +97,12 @@ class ActionModule(ActionBase):
             cli += " " + sh_quote(f"--socket={args['socket']}")
         return cli
 
+    @staticmethod
+    def _have_script(binary: str) -> str:
+        """Whether the tailscale CLI is on the device at all (@@have yes/no): a fresh device has none yet."""
+        test = f"[ -x {sh_quote(binary)} ]" if "/" in binary else f"command -v {sh_quote(binary)} >/dev/null 2>&1"
+        return f"echo @@have; if {test}; then echo yes; else echo no; fi\n"
+
     def _read_script(self, cli: str) -> str:
         # A daemon that just started reports NoState until it has loaded its state file: wait for that (up to ~10 s)
         # rather than mistake a logged-in node for a fresh one and spend the auth key on it. stderr joins stdout so
@@ -111,6 +117,10 @@ class ActionModule(ActionBase):
 
     def _truth(self, sections: dict[str, str], secret: str | None) -> tuple[dict[str, t.Any], dict[str, t.Any]]:
         status_text = redact(sections.get("status", ""), secret)
+        if sections.get("have", "").strip() == "no":
+            raise AnsibleActionFail(
+                "the tailscale CLI is not on the device (the binary role installs it): " + status_text.strip()[:300]
+            )
         if sections.get("status_rc", "").strip() != "0":
             raise AnsibleActionFail(
                 "tailscale status failed (is tailscaled running? the boot integration starts it): "
@@ -138,10 +148,13 @@ class ActionModule(ActionBase):
             return self._config_mode(result, args)
 
         cli = self._cli(args)
-        read = run_script(self, self._read_script(cli), "tailscale_prefs (read)")
+        script = self._have_script(str(args["tailscale"])) + self._read_script(cli)
+        read = run_script(self, script, "tailscale_prefs (read)")
         sections = parse_sections(read.stdout)
         if "end" not in sections:
             raise AnsibleActionFail("tailscale_prefs: the device's output was cut short: " + redact(read.stdout, key))
+        if self._task.check_mode and sections.get("status_rc", "").strip() != "0":
+            return self._not_there_yet(result, args, sections)
         status, prefs = self._truth(sections, key)
         try:
             the_plan = plan(
@@ -205,6 +218,22 @@ class ActionModule(ActionBase):
                 result=result,
             )
         return self._machine_auth(result, args)
+
+    @staticmethod
+    def _not_there_yet(result: dict[str, t.Any], args: dict[str, t.Any], sections: dict[str, str]) -> dict[str, t.Any]:
+        """Check mode on a device not provisioned yet: no CLI, or no daemon, to ask. A real run installs and starts
+        them first (binary and boot roles), then logs in and applies the prefs: report that it would."""
+        missing = sections.get("have", "").strip() == "no"
+        what = f"{args['tailscale']} is not on the device yet" if missing else "tailscaled is not running yet"
+        result.update(
+            changed=True,
+            command="up",
+            backend_state="",
+            reason=what,
+            msg=f"check mode: {what} (a real run installs and starts it first); would log in and apply the prefs",
+            machine_auth_pending=False,
+        )
+        return result
 
     @staticmethod
     def _shown_argv(the_plan: Plan) -> list[str]:

@@ -225,3 +225,28 @@ def test_read_script_waits_out_nostate_of_a_just_started_daemon(shell: str, tmp_
     assert json.loads(sections["status"]) == {"BackendState": "Running"}
     assert sections["status_rc"] == "0" and "end" in sections
     assert counter.read_text().strip() == "3"  # two waits, then the one read that counts
+
+
+def _unprovisioned(device: FakeDevice, have: str) -> None:
+    status = "sh: /usr/bin/tailscale: not found" if have == "no" else "failed to connect to local tailscaled"
+    device.truth = lambda: (  # type: ignore[method-assign]
+        f"@@have\n{have}\n@@status\n{status}\n@@status_rc\n{127 if have == 'no' else 1}\n@@prefs\n{status}\n@@end\n"
+    )
+
+
+@pytest.mark.parametrize(("have", "said"), [("no", "is not on the device yet"), ("yes", "tailscaled is not running")])
+def test_check_mode_on_a_device_not_provisioned_yet_says_it_would_log_in(have: str, said: str) -> None:
+    device = FakeDevice("NeedsLogin", FRESH)
+    _unprovisioned(device, have)
+    result = run_action(device, {"auth_key": KEY, "hostname": "alpha", "tailscale": "/usr/bin/tailscale"}, check=True)
+    assert result["changed"] is True and said in result["msg"] and "would log in" in result["msg"]
+    assert len(device.scripts) == 1 and device.put == []
+    assert "@@have" in device.scripts[0] and "[ -x '/usr/bin/tailscale' ]" in device.scripts[0]
+
+
+def test_missing_cli_outside_check_mode_fails_naming_the_binary_role() -> None:
+    device = FakeDevice("NeedsLogin", FRESH)
+    _unprovisioned(device, "no")
+    with pytest.raises(AnsibleActionFail, match="tailscale CLI is not on the device .the binary role installs it"):
+        run_action(device, {"auth_key": KEY, "hostname": "alpha", "tailscale": "/usr/bin/tailscale"})
+    assert device.put == []
