@@ -144,18 +144,34 @@ class ActionModule(ActionBase):
             wanted = desired_flags(args)
         except PrefsError as exc:
             raise AnsibleActionFail(str(exc)) from None
-        if args["mode"] == "config":
-            return self._config_mode(result, args)
-
         cli = self._cli(args)
+        config_changed = False
+        if args["mode"] == "config":
+            result = self._config_mode(result, args)
+            if not key:
+                return result
+            config_changed = bool(result["changed"])
+
         script = self._have_script(str(args["tailscale"])) + self._read_script(cli)
         read = run_script(self, script, "tailscale_prefs (read)")
         sections = parse_sections(read.stdout)
         if "end" not in sections:
             raise AnsibleActionFail("tailscale_prefs: the device's output was cut short: " + redact(read.stdout, key))
-        if self._task.check_mode and sections.get("status_rc", "").strip() != "0":
+        if args["mode"] == "config":
+            # The config file never holds the key (it outlives this task, and tailscaled reads AuthKey only when it
+            # starts): a node that needs a login gets it once from the CLI, the key in a file of this task alone.
+            # Before the daemon runs (the boot role renders the file first) there is nothing to log in yet.
+            if sections.get("status_rc", "").strip() != "0":
+                result["login_pending"] = True
+                return result
+            status, prefs = self._truth(sections, key)
+            if str(status.get("BackendState") or "") != "NeedsLogin":
+                result["login_pending"] = False
+                return result
+        elif self._task.check_mode and sections.get("status_rc", "").strip() != "0":
             return self._not_there_yet(result, args, sections)
-        status, prefs = self._truth(sections, key)
+        else:
+            status, prefs = self._truth(sections, key)
         try:
             the_plan = plan(
                 status,
@@ -170,7 +186,7 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail(str(exc)) from None
         before = {"backend_state": the_plan.backend_state, **managed_view(prefs, wanted)}
         result.update(
-            changed=the_plan.changed,
+            changed=the_plan.changed or config_changed,
             command=the_plan.verb,
             argv=self._shown_argv(the_plan),
             reason=the_plan.reason,
@@ -186,6 +202,8 @@ class ActionModule(ActionBase):
             )
             if not args["allow_reauth_over_tailnet"]:
                 raise AnsibleActionFail(msg, result=result)
+        if args["mode"] == "config":
+            result["login_pending"] = the_plan.needs_key
         if not the_plan.changed or self._task.check_mode:
             result["machine_auth_pending"] = the_plan.backend_state == "NeedsMachineAuth"
             if self._task.diff and the_plan.changed:
@@ -204,6 +222,8 @@ class ActionModule(ActionBase):
         status2, prefs2, out, rc = self._apply(cli, the_plan, args, key)
         state2 = str(status2.get("BackendState") or "")
         result.update(backend_state=state2, output=out)
+        if args["mode"] == "config":
+            result["login_pending"] = state2 == "NeedsLogin"
         after = {"backend_state": state2, **managed_view(prefs2, wanted)}
         if self._task.diff:
             result["diff"] = {"before": before, "after": after}

@@ -110,6 +110,9 @@ options:
     description:
       - With O(mode=config), a device path holding the auth key, written into the file as C(AuthKey=file:PATH).
         The key itself is never written into the config file.
+      - Without it, O(mode=config) with O(auth_key) logs a running daemon that reports C(NeedsLogin) in once with the
+        CLI (C(tailscale up), the key in a task-only file), as O(mode=cli) does; tailscaled reads C(AuthKey) at
+        every start, so a key named in the file would have to outlive the task.
     type: str
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
@@ -181,4 +184,10 @@ config_path:
   description: Path of the config file on the device.
   returned: config mode
   type: str
+login_pending:
+  description:
+    - With O(mode=config) and O(auth_key), true while the node still needs its login (tailscaled not running yet, or
+      the detached login not verified yet).
+  returned: config mode with auth_key
+  type: bool
 """

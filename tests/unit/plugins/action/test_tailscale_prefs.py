@@ -250,3 +250,34 @@ def test_missing_cli_outside_check_mode_fails_naming_the_binary_role() -> None:
     with pytest.raises(AnsibleActionFail, match="tailscale CLI is not on the device .the binary role installs it"):
         run_action(device, {"auth_key": KEY, "hostname": "alpha", "tailscale": "/usr/bin/tailscale"})
     assert device.put == []
+
+
+CONFIG_ARGS = {"mode": "config", "config_path": "/var/lib/tailscale/tailscaled.conf", "hostname": "alpha"}
+
+
+def test_config_mode_logs_a_node_that_needs_it_in_once_with_the_key_in_a_task_file_only() -> None:
+    device = FakeDevice("NeedsLogin", FRESH, after=("Running", {**LOGGED_IN, "CorpDNS": True}))
+    result = run_action(device, {**CONFIG_ARGS, "auth_key": KEY})
+    assert (result["changed"], result["command"], result["login_pending"]) == (True, "up", False), result
+    conf = [text for _l, remote, text, _m in device.put if remote.endswith(".fleetmesh-tmp")]
+    assert len(conf) == 1 and json.loads(conf[0])["Hostname"] == "alpha" and "AuthKey" not in json.loads(conf[0])
+    assert [remote for _l, remote, _t, _m in device.put if remote.endswith("/key")] == [f"{KEY_DIR}/key"]
+    apply = next(s for s in device.scripts if "echo @@out" in s)
+    assert f"'--auth-key=file:{KEY_DIR}/key'" in apply and f"rm -rf '{KEY_DIR}'" in apply
+    assert all(KEY not in s for s in device.scripts) and KEY not in json.dumps(result)
+
+
+def test_config_mode_before_the_daemon_runs_writes_the_file_and_leaves_the_login_for_later() -> None:
+    device = FakeDevice("NeedsLogin", FRESH)
+    _unprovisioned(device, "yes")
+    result = run_action(device, {**CONFIG_ARGS, "auth_key": KEY})
+    assert result["changed"] and result["login_pending"] is True
+    assert [remote for _l, remote, _t, _m in device.put] == [CONFIG_ARGS["config_path"] + ".fleetmesh-tmp"]
+
+
+def test_config_mode_on_a_logged_in_node_never_sends_the_key() -> None:
+    device = FakeDevice("Running", LOGGED_IN)
+    result = run_action(device, {**CONFIG_ARGS, "auth_key": KEY})
+    assert result["login_pending"] is False
+    assert all(not remote.endswith("/key") for _l, remote, _t, _m in device.put)
+    assert not any("echo @@out" in s for s in device.scripts)
