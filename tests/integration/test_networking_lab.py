@@ -2,11 +2,11 @@
 
 - quecopen (adb, kernel has tun, no node): kernel mode with the node created; the published boot lines recreate it
   after `fleetlab reboot` (and, once the boot role is in site.yml, the boot integration does it by itself).
-- sysvinit (telnet) with tun hidden from its kernel view (a /proc/misc without tun bind-mounted over the real one, an
-  empty /sys/class/misc) and no node: auto ends in userspace; lo gets back the 127.0.0.1 it lost and the stand-in
-  tailscaled started with the published flags answers SOCKS5 on the device's loopback; forced kernel fails before
-  any change; a tun.ko the kernel refuses fails and leaves nothing behind; switching modes and back is a no-op
-  the run after.
+- sysvinit (telnet) with tun hidden from its kernel view (`fleetlab up --hide-tun`: a /proc/misc without tun
+  bind-mounted over the real one, an empty /sys/class/misc) and no node: auto ends in userspace; lo gets back the
+  127.0.0.1 it lost and the stand-in tailscaled started with the published flags answers SOCKS5 on the device's
+  loopback; forced kernel fails before any change; a tun.ko the kernel refuses fails and leaves nothing behind;
+  switching modes and back is a no-op the run after.
 """
 
 from __future__ import annotations
@@ -40,16 +40,13 @@ from repo_checkout import REPO, ansible_env  # noqa: E402
 QUEC = "net-q1"
 BOX = "net-s1"
 NODE = "/dev/net/tun"
-HIDE_TUN = (
-    "grep -vw tun /proc/misc > /run/misc-notun && mount -o bind /run/misc-notun /proc/misc"
-    " && mount -t tmpfs none /sys/class/misc && rm -f /dev/net/tun"
-)
 # A SOCKS5 client's greeting (version 5, one method: no authentication) on the device's loopback; the answer in hex.
 # Retried for a few seconds: the listener comes up just after the daemon.
 SOCKS5_GREETING = (
     "i=0; while a=$(printf '\\005\\001\\000' | nc -w 2 127.0.0.1 1055 | od -An -tx1 | head -1);"
     ' [ -z "$a" ] && [ $i -lt 10 ]; do i=$((i+1)); sleep 0.5; done; echo "$a"'
 )
+# Undo the lab's --hide-tun mounts in the running device (the kernel view then lists tun again).
 UNHIDE_TUN = "umount /sys/class/misc; umount /proc/misc"
 
 PLAY = """
@@ -130,7 +127,7 @@ def quec() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def box() -> Iterator[Any]:
     lab.down(BOX)
-    device = lab.up(BOX, "sysvinit")
+    device = lab.up(BOX, "sysvinit", hide_tun=True)  # tun hidden from its kernel view, no node
     with tarfile.open(fileobj=io.BytesIO(tarball_bytes("1.82.0", "amd64"))) as tarball:
         daemon = tarball.extractfile("tailscale_1.82.0_amd64/tailscaled")
         assert daemon is not None
@@ -163,7 +160,6 @@ def test_quecopen_without_node_gets_it_and_the_boot_lines_bring_it_back(quec: An
 
 
 def test_hidden_tun_forced_kernel_fails_before_any_change(box: Any, work: Path) -> None:
-    sh(box, HIDE_TUN)
     sh(box, "ip addr del 127.0.0.1/8 dev lo")
     assert "tun" not in sh(box, "cat /proc/misc; ls /sys/class/misc")
     failed = play(box, work, {"networking_mode": "kernel"})
@@ -227,7 +223,6 @@ def test_switching_modes_and_back_then_nothing_to_do(box: Any, work: Path) -> No
 
 
 BOOTED = "net-s2"
-HAS_BOOT_ROLE = (REPO / "roles/boot/tasks/main.yml").exists()
 # The daemon's command line (the stand-in's subshells share it: one unique line per running daemon).
 DAEMON_ARGS = (
     "for p in $(pidof tailscaled); do { tr '\\0' ' ' < /proc/$p/cmdline; echo; } 2>/dev/null; done"
@@ -237,14 +232,13 @@ WAIT_DAEMON = "i=0; while [ ! -e /var/run/tailscale/tailscaled.sock ] && [ $i -l
 NODE_KEY = "grep -i nodekey /var/lib/tailscale/tailscaled.state"
 
 
-@pytest.mark.skipif(not HAS_BOOT_ROLE, reason="the boot role (issue 7) is not in this tree yet")
 def test_site_boot_remakes_the_node_and_a_mode_switch_restarts_keeping_the_node(work: Path) -> None:
     # A sysvinit box whose /dev has no tun node at any boot; the kernel has tun. The stand-in's kernel mode needs
     # iptables: the amd64 bundle works for real in the device's netns.
     lab.down(BOOTED)
     device = lab.up(BOOTED, "sysvinit", tun_node=False)
     # The lab's stand-in key (root-only under /run/fleetlab; the inventory holding it is removed at the end).
-    extra = {"iptables_shim_enabled": True, "login_auth_key": lab_auth_key()}
+    extra = {"iptables_shim_enabled": True, "networking_mode": "auto", "login_auth_key": lab_auth_key()}
     (work / "site").mkdir(mode=0o700, exist_ok=True)
     try:
         with release_mirror(work / "mirror") as url:

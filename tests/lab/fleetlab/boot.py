@@ -30,6 +30,12 @@ awk -v own="$3/" '$2 ~ "^/run/fleetlab/devices/" && index($2 "/", own) != 1 {pri
     | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
 mount -t proc proc "$R/proc"
 mount -t sysfs sysfs "$R/sys"
+if [ "$6" = hide-tun ]; then
+    # The device's kernel view without tun: a /proc/misc that does not list it, no /sys/class/misc entries.
+    grep -vw tun "$R/proc/misc" > "$3/misc-without-tun"
+    mount -o bind,ro "$3/misc-without-tun" "$R/proc/misc"
+    mount -t tmpfs -o ro,size=4k fleetlab-nomisc "$R/sys/class/misc"
+fi
 mount -t tmpfs -o mode=0755,size=1m fleetlab-dev "$R/dev"
 mknod -m 666 "$R/dev/null" c 1 3
 mknod -m 666 "$R/dev/zero" c 1 5
@@ -98,6 +104,7 @@ def start_init(device: Device, profile: Profile) -> None:
                 str(device.dir),
                 "tun" if device.tun_node else "",
                 "ro" if device.readonly_root else "",
+                "hide-tun" if device.hide_tun else "",
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,

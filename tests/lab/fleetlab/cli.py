@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     tun = up.add_mutually_exclusive_group()
     tun.add_argument("--no-tun-node", dest="tun_node", action="store_false", default=None, help="no /dev/net/tun")
     tun.add_argument("--tun-node", dest="tun_node", action="store_true", help="create /dev/net/tun (quecopen)")
+    up.add_argument(
+        "--hide-tun",
+        action="store_true",
+        help="hide tun from the device's kernel view (/proc/misc, /sys/class/misc) and give it no /dev/net/tun",
+    )
     up.add_argument("--hostname", help="override the profile's hostname")
 
     down = sub.add_parser("down", help="remove a device, or all of the lab")
@@ -98,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
             login_prompt=args.login_prompt,
             readonly_root=args.readonly_root,
             tun_node=args.tun_node,
+            hide_tun=args.hide_tun,
             hostname=args.hostname,
         )
         print(_describe(device))

@@ -166,6 +166,7 @@ def up(
     login_prompt: bool = False,
     readonly_root: bool = False,
     tun_node: bool | None = None,
+    hide_tun: bool = False,
     hostname: str | None = None,
 ) -> Device:
     """Create and boot a device; returns its record (address, services)."""
@@ -176,6 +177,8 @@ def up(
     prof = devices.get(profile)
     if readonly_root and profile != "quecopen":
         raise LabError("--readonly-root is a quecopen option")
+    if hide_tun and tun_node:
+        raise LabError("--hide-tun hides tun from the kernel view: it cannot go with --tun-node")
     if login_prompt and not prof.adb:
         raise LabError("--login-prompt is for the adb door (quecopen); telnet always asks for a login")
     lower = rootfs.template(prof)
@@ -190,7 +193,8 @@ def up(
             password=password,
             login_prompt=login_prompt,
             readonly_root=readonly_root,
-            tun_node=prof.tun_node if tun_node is None else tun_node,
+            tun_node=False if hide_tun else (prof.tun_node if tun_node is None else tun_node),
+            hide_tun=hide_tun,
             template=str(lower),
             services={"telnet": TELNET_PORT} if prof.telnet else {"adb": ADB_PORT},
         )

@@ -66,6 +66,7 @@ class Device:
     login_prompt: bool = False
     readonly_root: bool = False
     tun_node: bool = True
+    hide_tun: bool = False  # the kernel view (/proc/misc, /sys/class/misc) lacks tun
     template: str = ""
     host_mounts: list[str] = dataclasses.field(default_factory=list)
     init: ProcRef | None = None
