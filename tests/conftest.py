@@ -6,9 +6,35 @@ loaders (connection_loader.get("fleetmesh.tailscale.adb")) exactly as they do un
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from ansible.utils.collection_loader._collection_finder import _AnsibleCollectionFinder
 
 _COLLECTIONS = Path(__file__).resolve().parents[1] / ".collections"
 _AnsibleCollectionFinder(paths=[str(_COLLECTIONS)], scan_sys_paths=False)._install()  # pylint: disable=protected-access
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_adb_server() -> Iterator[None]:
+    """Every adb client the tests start (ours, the plugin's, molecule's) talks to a private adb server, not 5037.
+
+    A user's own adb server on the default port is left alone, and the one the tests started is stopped at the end.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    saved = os.environ.get("ANDROID_ADB_SERVER_PORT")
+    os.environ["ANDROID_ADB_SERVER_PORT"] = port
+    yield
+    if shutil.which("adb"):
+        subprocess.run(["adb", "-P", port, "kill-server"], capture_output=True, timeout=30, check=False)
+    if saved is None:
+        del os.environ["ANDROID_ADB_SERVER_PORT"]
+    else:
+        os.environ["ANDROID_ADB_SERVER_PORT"] = saved
