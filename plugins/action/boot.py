@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -19,18 +18,17 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script
 )
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan import (
     FileSpec,
-    LinkSpec,
     apply_script,
     check_script,
     device_path,
+    file_spec,
+    link_specs,
     manifest_text,
-    parse_manifest,
     plan_from_output,
-    prepare_script,
-    remove_script,
+    remove,
     space_errors,
     staging_root,
-    tmp_name,
+    upload,
 )
 
 ARGUMENT_SPEC: dict[str, t.Any] = {
@@ -73,14 +71,6 @@ ARGUMENT_SPEC: dict[str, t.Any] = {
     "restart": {"type": "bool", "default": False},
     "wait_timeout": {"type": "int", "default": 30},
 }
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def service_script(service: dict[str, str], *, restart: bool, wait_timeout: int) -> str:
@@ -126,7 +116,18 @@ class ActionModule(ActionBase):
         if root and has_service:
             raise AnsibleActionFail("a rootfs staging dir (root) starts nothing: leave service empty")
         if args["state"] == "absent":
-            return self._remove(result, manifest, root, service if has_service else {}, bool(args["remount_root"]))
+            # Stop through the installed scripts while they still exist; only when this role installed them.
+            stop = (
+                ""
+                if self._task.check_mode or not has_service
+                else (f"if [ -f {sh_quote(manifest)} ]; then ( {service['stop']} ) >/dev/null 2>&1; fi\n")
+            )
+            result.update(
+                remove(
+                    self, manifest, remount_root=bool(args["remount_root"]), root=root, label="boot remove", before=stop
+                )
+            )
+            return result
 
         workdir = tempfile.mkdtemp(prefix="fleetmesh-boot-")
         try:
@@ -149,28 +150,16 @@ class ActionModule(ActionBase):
         files: list[FileSpec] = []
         shell: set[str] = set()
         for i, item in enumerate(args["files"]):
-            dest = device_path(item["dest"], "files.dest", root)
-            mode = str(item["mode"])
-            if not mode.isdigit() or len(mode) not in (3, 4) or any(c > "7" for c in mode):
-                raise AnsibleActionFail(f"files.mode {mode!r} must be octal like '0755'")
-            if item.get("content") is not None:
+            src = str(item["src"] or "")
+            if item.get("content") is not None:  # rendered content: a controller file for the shared install code
                 src = os.path.join(workdir, f"f{i}")
                 with open(src, "w", encoding="utf-8", newline="\n") as fh:
                     fh.write(str(item["content"]))
-            else:
-                src = str(item["src"])
-                if not os.path.isfile(src):
-                    raise AnsibleActionFail(f"files.src {src!r} is not a file on the controller")
-            files.append(FileSpec(src, dest, mode, os.path.getsize(src), _sha256(src)))
+            files.append(file_spec(src, item["dest"], str(item["mode"]), root))
             if item["shell"]:
-                shell.add(dest)
-        links = [
-            LinkSpec(device_path(item["path"], "links.path", root), str(item["target"]).strip())
-            for item in args["links"]
-        ]
+                shell.add(files[-1].dest)
+        links = link_specs(args["links"], files, root)
         dirs = [device_path(d, "dirs", root) for d in args["dirs"]]
-        if len({f.dest for f in files} | {lk.path for lk in links}) != len(files) + len(links):
-            raise AnsibleActionFail("files.dest and links.path must all be different paths")
 
         check = check_script(files, links, manifest, dirs).removesuffix("echo @@end\n")
         if service:
@@ -200,12 +189,7 @@ class ActionModule(ActionBase):
 
         script = ""
         if plan.changed:
-            if plan.uploads:
-                prep = run_script(self, prepare_script(plan, dirs), "boot prepare")
-                if prep.rc != 0:
-                    raise AnsibleActionFail(f"cannot prepare the target dirs: {(prep.stdout + prep.stderr).strip()}")
-                for f in plan.uploads:
-                    self._connection.put_file(f.src, tmp_name(f.dest))
+            upload(self, plan, dirs, "boot")
             script = apply_script(
                 plan,
                 dirs,
@@ -228,21 +212,4 @@ class ActionModule(ActionBase):
         if "failed" in sec:
             log = f"; log: {sec['log']}" if sec.get("log") else ""
             raise AnsibleActionFail(f"tailscaled is {sec['failed']}; start said: {sec.get('service', '')}{log}")
-        return result
-
-    def _remove(
-        self, result: dict[str, t.Any], manifest: str, root: str, service: dict[str, str], remount_root: bool
-    ) -> dict[str, t.Any]:
-        check_only = bool(self._task.check_mode)
-        script = remove_script(manifest, remount_root, check_only, root)
-        if service and not check_only:
-            # Stop through the installed scripts while they still exist; only when this role installed them.
-            script = f"if [ -f {sh_quote(manifest)} ]; then ( {service['stop']} ) >/dev/null 2>&1; fi\n" + script
-        run = run_script(self, script, "boot remove")
-        sec = parse_sections(run.stdout)
-        if "end" not in sec:
-            raise AnsibleActionFail(f"removal failed (rc={run.rc}): {(run.stdout + run.stderr).strip()[:800]}")
-        result.update(
-            changed="absent" not in sec, removed=[path for _k, path in parse_manifest(sec.get("manifest", ""), root)]
-        )
         return result

@@ -8,7 +8,6 @@ something must change does a second script (and, for a user-supplied tun.ko, one
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import posixpath
@@ -23,10 +22,14 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script
     run_script,
     sh_quote,
 )
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan import (
+    TMP_SUFFIX,
+    device_path,
+    sha256_file,
+)
 
 FACTS_NAMESPACE = "fleetmesh_networking"
 NODE = "/dev/net/tun"
-TMP_SUFFIX = ".fmtmp"
 USERSPACE_FLAG = "--tun=userspace-networking"
 
 # What the device has, in one round trip. $R is a root prefix: always empty on devices; unit tests point it at a
@@ -341,21 +344,6 @@ def check_listen(value: str, what: str) -> tuple[str, bool]:
         return value, False
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _device_path(value: str, what: str) -> str:
-    value = str(value)
-    if not value.startswith("/") or "\n" in value or value.endswith("/") or "/../" in f"{value}/":
-        raise AnsibleActionFail(f"{what}: {value!r} must be an absolute file path without '..' or newline")
-    return value
-
-
 ARGUMENT_SPEC: dict[str, t.Any] = {
     "mode": {"type": "str", "default": "auto", "choices": ["auto", "kernel", "userspace"]},
     "module_src": {"type": "path", "default": ""},
@@ -377,7 +365,7 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         del tmp
         _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        dest = _device_path(args["module_dest"], "module_dest") if args["module_dest"] else ""
+        dest = device_path(args["module_dest"], "module_dest") if args["module_dest"] else ""
         check = bool(self._task.check_mode)
         if args["state"] == "absent":
             if not dest:
@@ -391,7 +379,7 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail(f"module_src {src!r} is not a file on the controller")
         if src and not dest:
             raise AnsibleActionFail("module_src needs module_dest: the device path to keep the tun.ko at")
-        sha = _sha256(src) if src else ""
+        sha = sha256_file(src) if src else ""
         module = dest if src else ""
         socks5, socks5_lo = check_listen(args["socks5_server"], "socks5_server")
         http, http_lo = check_listen(args["outbound_http_proxy_listen"], "outbound_http_proxy_listen")

@@ -237,7 +237,6 @@ class Connection(ConnectionBase):
 
     def _config(self) -> dict[str, t.Any]:
         """Settings of the logged-in session process (password included: they go to it through a pipe)."""
-        password = self.get_option("password")
         server_port = self.get_option("server_port")
         return {
             "transport": "adb",
@@ -248,26 +247,15 @@ class Connection(ConnectionBase):
             },
             "connect_timeout": float(self.get_option("timeout")),
             "command_timeout": float(self.get_option("command_timeout")),
-            "login": {
-                "user": str(self.get_option("remote_user") or "root"),
-                "password": None if password is None else str(password),
-                "login_re": str(self.get_option("login_prompt_re")),
-                "password_re": str(self.get_option("password_prompt_re")),
-                "prompt_re": str(self.get_option("shell_prompt_re")),
-                "failure_re": str(self.get_option("login_failure_re")),
-                "timeout": float(self.get_option("timeout")),
-                "line_end": "\n",
-            },
+            "login": _session_daemon.login_settings(self, line_end="\n"),
             "persist": float(self.get_option("persist_timeout")),
         }
 
     def _control_socket(self) -> str:
-        directory = os.path.expanduser(str(self.get_option("control_path_dir")))
-        os.makedirs(directory, mode=0o700, exist_ok=True)
         cfg = self._config()
-        key = f"{cfg['adb']['server_port']}\0{cfg['adb']['serial']}\0{cfg['login']['user']}".encode()
-        # Short and fixed-length: unix socket paths are limited to 108 bytes.
-        return os.path.join(directory, f"fmadb-{hashlib.sha256(key).hexdigest()[:20]}")
+        return _session_daemon.control_socket(
+            self, "fmadb", cfg["adb"]["server_port"], cfg["adb"]["serial"], cfg["login"]["user"]
+        )
 
     @property
     def client(self) -> AdbClient:

@@ -203,7 +203,6 @@ EXAMPLES = r"""
 """
 
 import contextlib
-import hashlib
 import os
 import time
 from typing import Any
@@ -235,32 +234,19 @@ class Connection(ConnectionBase):
     # ------------------------------------------------------------------------------------------------ settings
 
     def _config(self) -> dict[str, Any]:
-        password = self.get_option("password")
         return {
             "host": str(self.get_option("remote_addr")),
             "port": int(self.get_option("port")),
             "connect_timeout": float(self.get_option("timeout")),
             "command_timeout": float(self.get_option("command_timeout")),
-            "login": {
-                "user": str(self.get_option("remote_user") or "root"),
-                "password": None if password is None else str(password),
-                "login_re": str(self.get_option("login_prompt_re")),
-                "password_re": str(self.get_option("password_prompt_re")),
-                "prompt_re": str(self.get_option("shell_prompt_re")),
-                "failure_re": str(self.get_option("login_failure_re")),
-                "timeout": float(self.get_option("timeout")),
-            },
+            "login": _session_daemon.login_settings(self),
             "http_host": None if self.get_option("http_host") is None else str(self.get_option("http_host")),
             "http_port": int(self.get_option("http_port")),
             "persist": float(self.get_option("persist_timeout")),
         }
 
     def _control_socket(self, cfg: dict[str, Any]) -> str:
-        directory = os.path.expanduser(str(self.get_option("control_path_dir")))
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        key = f"{cfg['host']}\0{cfg['port']}\0{cfg['login']['user']}".encode()
-        # Short and fixed-length: unix socket paths are limited to 108 bytes.
-        return os.path.join(directory, f"fmtelnet-{hashlib.sha256(key).hexdigest()[:20]}")
+        return _session_daemon.control_socket(self, "fmtelnet", cfg["host"], cfg["port"], cfg["login"]["user"])
 
     # ------------------------------------------------------------------------------------------------- session
 

@@ -9,13 +9,19 @@ into a plan. Kept apart from the action so the planning is unit-tested without a
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import posixpath
 import typing as t
 from dataclasses import dataclass, field
 
 from ansible.errors import AnsibleActionFail
-from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import parse_sections, sh_quote
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import (
+    parse_sections,
+    run_script,
+    sh_quote,
+)
 
 TMP_SUFFIX = ".fmtmp"
 BAK_SUFFIX = ".fmbak"
@@ -342,3 +348,53 @@ def remove_script(manifest: str, remount_root: bool, check_only: bool, root: str
         ]
     out.append("echo @@end")
     return "\n".join(out) + "\n"
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """sha256 of a controller file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_spec(src: str, dest: str, mode: str, root: str = "") -> FileSpec:
+    """A controller file to install at dest (checked: the file exists, mode is octal, dest is absolute)."""
+    if not os.path.isfile(src):
+        raise AnsibleActionFail(f"files.src {src!r} is not a file on the controller")
+    if not mode.isdigit() or len(mode) not in (3, 4) or any(c > "7" for c in mode):
+        raise AnsibleActionFail(f"files.mode {mode!r} must be octal like '0755'")
+    return FileSpec(src, device_path(dest, "files.dest", root), mode, os.path.getsize(src), sha256_file(src))
+
+
+def link_specs(items: t.Iterable[dict[str, t.Any]], files: t.Sequence[FileSpec], root: str = "") -> list[LinkSpec]:
+    """The wanted symlinks (path below root, target as in the image), checked against each other and the files."""
+    links = [LinkSpec(device_path(item["path"], "links.path", root), str(item["target"]).strip()) for item in items]
+    if any(not lk.target or "\n" in lk.target for lk in links):
+        raise AnsibleActionFail("links.target must be a non-empty single line")
+    if len({f.dest for f in files} | {lk.path for lk in links}) != len(files) + len(links):
+        raise AnsibleActionFail("files.dest and links.path must all be different paths")
+    return links
+
+
+def upload(action: t.Any, plan: Plan, dirs: t.Sequence[str], label: str) -> None:
+    """Create the target dirs, then put every file that differs at its temp name (apply_script renames them)."""
+    if not plan.uploads:
+        return
+    prep = run_script(action, prepare_script(plan, dirs), f"{label} prepare")
+    if prep.rc != 0:
+        raise AnsibleActionFail(f"cannot prepare the target dirs: {(prep.stdout + prep.stderr).strip()}")
+    for f in plan.uploads:
+        action._connection.put_file(f.src, tmp_name(f.dest))  # pylint: disable=protected-access
+
+
+def remove(action: t.Any, manifest: str, *, remount_root: bool, root: str, label: str, before: str = "") -> dict:
+    """Remove what the manifest lists (check mode: only say so); `before` runs first in the same round trip."""
+    check_only = bool(action._task.check_mode)  # pylint: disable=protected-access
+    run = run_script(action, before + remove_script(manifest, remount_root, check_only, root), label)
+    sec = parse_sections(run.stdout)
+    if "end" not in sec:
+        raise AnsibleActionFail(f"removal failed (rc={run.rc}): {(run.stdout + run.stderr).strip()[:800]}")
+    removed = [path for _kind, path in parse_manifest(sec.get("manifest", ""), root)]
+    return {"changed": "absent" not in sec, "removed": removed}

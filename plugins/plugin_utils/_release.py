@@ -10,7 +10,6 @@ the ``systemd/`` files). A local tarball or directory (NetBSD and custom builds)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from ansible.module_utils.urls import ConnectionError as UrlConnectionError
 from ansible.module_utils.urls import open_url
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan import sha256_file
 
 PROGRAMS = ("tailscale", "tailscaled")
 SYSTEMD_FILES = ("systemd/tailscaled.service", "systemd/tailscaled.defaults")
@@ -32,14 +32,6 @@ TRACKS = ("stable", "unstable")
 
 class ReleaseError(Exception):
     """A release cannot be resolved, fetched or verified; the message says which and why."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def parse_checksum(text: str, what: str) -> str:

@@ -16,6 +16,7 @@ that carry output.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import select
@@ -30,6 +31,32 @@ except ImportError:  # started as a script by the connection plugin: this direct
     import _adb_client  # type: ignore[no-redef]
     import _http_push  # type: ignore[no-redef]
     import _shell_session  # type: ignore[no-redef]
+
+
+def login_settings(plugin: Any, **extra: Any) -> dict[str, Any]:
+    """The login part of a session's settings, from the options of the shared doc fragment (shell_session)."""
+    password = plugin.get_option("password")
+    return {
+        "user": str(plugin.get_option("remote_user") or "root"),
+        "password": None if password is None else str(password),
+        "login_re": str(plugin.get_option("login_prompt_re")),
+        "password_re": str(plugin.get_option("password_prompt_re")),
+        "prompt_re": str(plugin.get_option("shell_prompt_re")),
+        "failure_re": str(plugin.get_option("login_failure_re")),
+        "timeout": float(plugin.get_option("timeout")),
+        **extra,
+    }
+
+
+def control_socket(plugin: Any, prefix: str, *identity: Any) -> str:
+    """The session's unix socket in the plugin's control_path_dir, named after what identifies the session.
+
+    Short and fixed-length: unix socket paths are limited to 108 bytes.
+    """
+    directory = os.path.expanduser(str(plugin.get_option("control_path_dir")))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    key = "\0".join(str(part) for part in identity).encode()
+    return os.path.join(directory, f"{prefix}-{hashlib.sha256(key).hexdigest()[:20]}")
 
 
 def build_session(cfg: dict[str, Any], log: Any) -> _shell_session.ShellSession:

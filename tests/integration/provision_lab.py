@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from fleetlab import lab
 from fleetlab.inventory import host_vars, lab_auth_key
 from fleetlab.standin.release import build
 from repo_checkout import REPO, ansible_env
@@ -76,6 +77,17 @@ def stop_sessions(control_dir: Path) -> None:
     for pidfile in control_dir.glob("*.pid"):
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(pidfile.read_text()), signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def fresh_device(name: str, profile: str, control_dir: Path) -> Iterator[Any]:
+    """A new lab device for one test; its telnet/adb sessions in control_dir and the device go at the end."""
+    lab.down(name)
+    try:
+        yield lab.up(name, profile)
+    finally:
+        stop_sessions(control_dir)
+        lab.down(name)
 
 
 @dataclass

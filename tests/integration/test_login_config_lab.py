@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from provision_lab import release_mirror, run_site, stop_sessions
+from provision_lab import fresh_device, release_mirror, run_site
 
 from fleetlab.inventory import lab_auth_key
 
@@ -29,12 +29,8 @@ CONF = "/var/lib/tailscale/tailscaled.conf"
 
 @pytest.fixture
 def fresh(tmp_path: Path) -> Iterator[Any]:
-    lab.down(NAME)
-    try:
-        yield lab.up(NAME, "sysvinit")
-    finally:
-        stop_sessions(tmp_path / "cp")
-        lab.down(NAME)
+    with fresh_device(NAME, "sysvinit", tmp_path / "cp") as device:
+        yield device
 
 
 def sh(script: str) -> str:

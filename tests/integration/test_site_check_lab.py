@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from provision_lab import release_mirror, run_site, stop_sessions
+from provision_lab import fresh_device, release_mirror, run_site
 
 pytestmark = [
     pytest.mark.lab,
@@ -25,12 +25,8 @@ NAME = "fix-chk1"
 
 @pytest.fixture
 def fresh(tmp_path: Path) -> Iterator[Any]:
-    lab.down(NAME)
-    try:
-        yield lab.up(NAME, "sysvinit")
-    finally:
-        stop_sessions(tmp_path / "cp")
-        lab.down(NAME)
+    with fresh_device(NAME, "sysvinit", tmp_path / "cp") as device:
+        yield device
 
 
 def test_check_on_a_never_provisioned_device_says_it_would_log_in(fresh: Any, tmp_path: Path) -> None:

@@ -6,14 +6,10 @@ import shutil
 import subprocess
 import typing as t
 from pathlib import Path
-from unittest import mock
 
+import action_harness
 import pytest
 from ansible.errors import AnsibleActionFail
-from ansible.parsing.dataloader import DataLoader
-from ansible.playbook.play_context import PlayContext
-from ansible.playbook.task import Task
-from ansible.plugins.loader import action_loader
 from ansible_collections.fleetmesh.tailscale.plugins.action.ip_forwarding import rc_script_text, sysctl_file_text
 
 
@@ -41,21 +37,7 @@ class Device:
 
 
 def run(device: Device, args: dict[str, t.Any], check: bool = False) -> dict:
-    task = Task()
-    task.action = "fleetmesh.tailscale.ip_forwarding"
-    task.args = args
-    task.check_mode = check
-    action = action_loader.get(
-        "fleetmesh.tailscale.ip_forwarding",
-        task=task,
-        connection=mock.MagicMock(),
-        play_context=PlayContext(),
-        loader=DataLoader(),
-        templar=None,
-        shared_loader_obj=None,
-    )
-    action._low_level_execute_command = device.execute  # pylint: disable=protected-access
-    return action.run(task_vars={})
+    return action_harness.run_action("ip_forwarding", device, args, check=check)
 
 
 def test_only_the_family_that_is_off_gets_written() -> None:

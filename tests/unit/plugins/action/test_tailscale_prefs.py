@@ -11,6 +11,7 @@ import typing as t
 from pathlib import Path
 from unittest import mock
 
+import action_harness
 import pytest
 from ansible.errors import AnsibleActionFail
 from ansible.parsing.dataloader import DataLoader
@@ -65,24 +66,7 @@ class FakeDevice:
 
 
 def run_action(device: FakeDevice, args: dict[str, t.Any], check: bool = False, diff: bool = False) -> dict:
-    task = Task()
-    task.action = "fleetmesh.tailscale.tailscale_prefs"
-    task.args = args
-    task.check_mode = check
-    task.diff = diff
-    connection = mock.MagicMock()
-    connection.put_file.side_effect = device.put_file
-    action = action_loader.get(
-        "fleetmesh.tailscale.tailscale_prefs",
-        task=task,
-        connection=connection,
-        play_context=PlayContext(),
-        loader=DataLoader(),
-        templar=None,
-        shared_loader_obj=None,
-    )
-    action._low_level_execute_command = device.execute  # pylint: disable=protected-access
-    return action.run(task_vars={})
+    return action_harness.run_action("tailscale_prefs", device, args, check=check, diff=diff)
 
 
 def test_first_login_sends_the_key_only_as_a_0600_file_and_removes_it_in_the_same_line() -> None:

@@ -10,14 +10,10 @@ import stat
 import subprocess
 import typing as t
 from pathlib import Path
-from unittest import mock
 
+import action_harness
 import pytest
 from ansible.errors import AnsibleActionFail
-from ansible.parsing.dataloader import DataLoader
-from ansible.playbook.play_context import PlayContext
-from ansible.playbook.task import Task
-from ansible.plugins.loader import action_loader
 from ansible_collections.fleetmesh.tailscale.plugins.action.tun_device import (
     INSMOD_LINE,
     LO_LINE,
@@ -346,23 +342,7 @@ class Device:
 
 
 def run_action(device: Device, args: dict[str, t.Any], check: bool = False) -> dict[str, t.Any]:
-    task = Task()
-    task.action = "fleetmesh.tailscale.tun_device"
-    task.args = args
-    task.check_mode = check
-    connection = mock.MagicMock()
-    connection.put_file.side_effect = device.put_file
-    action = action_loader.get(
-        "fleetmesh.tailscale.tun_device",
-        task=task,
-        connection=connection,
-        play_context=PlayContext(),
-        loader=DataLoader(),
-        templar=None,
-        shared_loader_obj=None,
-    )
-    action._low_level_execute_command = device.execute  # pylint: disable=protected-access
-    return action.run(task_vars={})
+    return action_harness.run_action("tun_device", device, args, check=check)
 
 
 def test_action_check_mode_then_change_then_one_round_trip_no_op(tmp_path: Path) -> None:
