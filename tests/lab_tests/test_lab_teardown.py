@@ -63,3 +63,34 @@ def test_down_all_removes_everything() -> None:
 def test_down_is_idempotent_for_unknown_device() -> None:
     lab.down("lt-never")
     assert not (DEVICES_DIR / "lt-never").exists()
+
+
+def test_last_down_removes_the_bridge_and_mirror_status_reads_records() -> None:
+    """The bridge (and 198.18.0.1 with it) goes when the last thing the lab recorded goes; the mirror's status is
+    read from its record (a dead recorded pid is "not running"), never by connecting to its address."""
+    if device_names() or (RUN_DIR / "mirror.json").exists():
+        pytest.skip("other lab devices or a mirror are running: the bridge is theirs too")
+    lab.up("lt-br1", "sysvinit")
+    lab.up("lt-br2", "sysvinit")
+    assert BRIDGE in netns.lab_links()
+    lab.down("lt-br1")
+    assert BRIDGE in netns.lab_links()  # lt-br2 still uses it
+    lab.down("lt-br2")
+    assert BRIDGE not in netns.lab_links()
+
+    assert lab.mirror_status() is None
+    lab.mirror("start")
+    try:
+        assert lab.mirror_status() == "http://198.18.0.1:8080"
+        assert BRIDGE in netns.lab_links()
+        record = json.loads((RUN_DIR / "mirror.json").read_text())
+        stale = dict(record, starttime=record["starttime"] + 1)  # same pid, another process: not the mirror
+        (RUN_DIR / "mirror.json").write_text(json.dumps(stale))
+        assert lab.mirror_status() is None
+        (RUN_DIR / "mirror.json").write_text(json.dumps(record))
+    finally:
+        lab.mirror("stop")
+    assert lab.mirror_status() is None
+    assert BRIDGE not in netns.lab_links()
+    cli = subprocess.run(["fleetlab", "mirror", "status"], check=False, capture_output=True, text=True)
+    assert (cli.returncode, cli.stdout.strip()) == (3, "not running")

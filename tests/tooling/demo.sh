@@ -39,7 +39,7 @@ teardown() {
     done
     # ssh's control masters (systemd device) name their socket in the same dir.
     for p in /proc/[0-9]*; do
-        case "$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" in
+        case "$({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null)" in
         "ssh: $work/cp/"*) kill "${p#/proc/}" 2>/dev/null || true ;;
         esac
     done
@@ -62,8 +62,10 @@ for name in "${names[@]}"; do
 done
 
 echo "=== demo: starting the stand-in release mirror"
-if (exec 3<>/dev/tcp/198.18.0.1/8080) 2>/dev/null; then
-    echo "    a lab mirror is already listening on http://198.18.0.1:8080: using it, leaving it running"
+# Asked of the lab's own record (pid + start time), never by connecting: until the lab's bridge exists the mirror's
+# address is not this machine's, and a probe would leave by the default route.
+if fleetlab mirror status >/dev/null; then
+    echo "    the lab's mirror is already running ($(fleetlab mirror status)): using it, leaving it running"
 else
     echo "    $(fleetlab mirror start)"
     mirror_started=true

@@ -71,8 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--rate-kbit", type=int, default=0, help="bandwidth cap per direction (0: none)")
     sh.add_argument("--cut-after-bytes", type=int, default=0, help="abort each connection after N bytes (0: never)")
     sh.add_argument("--off", action="store_true", help="remove the shaper")
-    mi = sub.add_parser("mirror", help="start/stop the release mirror on 198.18.0.1:8080")
-    mi.add_argument("action", choices=["start", "stop"])
+    mi = sub.add_parser("mirror", help="start/stop the release mirror on 198.18.0.1:8080, or its status")
+    mi.add_argument("action", choices=["start", "stop", "status"], help="status: exit 0 if running (from records)")
     return p
 
 
@@ -134,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
                 args.name, latency_ms=args.latency_ms, rate_kbit=args.rate_kbit, cut_after_bytes=args.cut_after_bytes
             )
             print(f"{args.name}: shaped door at {listen} (fleetlab inventory points there)")
+    elif args.command == "mirror" and args.action == "status":
+        url = lab.mirror_status()
+        print(f"running on {url}" if url else "not running")
+        return 0 if url else 3
     elif args.command == "mirror":
         lab.mirror(args.action)
     return 0

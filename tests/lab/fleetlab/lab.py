@@ -24,6 +24,7 @@ from types import ModuleType
 from fleetlab import boot, devices, netns, rootfs, udev
 from fleetlab.devices import Profile
 from fleetlab.state import (
+    BRIDGE,
     DEVICES_DIR,
     GATEWAY,
     RUN_DIR,
@@ -41,6 +42,8 @@ TELNET_PORT = 23
 # Other helpers' processes tied to a device (shaper, ...) may be recorded as <device dir>/procs/<label>.json holding
 # {"pid": N, "starttime": T} (see state.ProcRef): `down` and `reboot` kill them by pid.
 PROCS_SUBDIR = "procs"
+# Lab services recorded as /run/fleetlab/<name>.json ({"pid": N, "starttime": T}); while one runs, the bridge stays.
+SERVICE_RECORDS = ("mirror", "control-headscale", "control-derper")
 
 
 def require_root() -> None:
@@ -251,16 +254,42 @@ def down(name: str) -> None:
     check_name(name)
     if _is_systemd_device(name):
         _optional_module("systemd_device", "the systemd profile").down(name)
-        return
-    try:
-        device = Device.load(name)
-    except LabError:
-        # Half-made or already gone: remove whatever carries its name.
-        netns.remove_device_net(f"fleetlab-{name}", f"flv-{name}")
-        _unmount_under(DEVICES_DIR / name)
-        shutil.rmtree(DEVICES_DIR / name, ignore_errors=True)
-        return
-    _teardown(device)
+    else:
+        try:
+            device = Device.load(name)
+        except LabError:
+            # Half-made or already gone: remove whatever carries its name.
+            netns.remove_device_net(f"fleetlab-{name}", f"flv-{name}")
+            _unmount_under(DEVICES_DIR / name)
+            shutil.rmtree(DEVICES_DIR / name, ignore_errors=True)
+        else:
+            _teardown(device)
+    release_bridge_if_idle()
+
+
+def release_bridge_if_idle() -> bool:
+    """Remove the bridge (and with it 198.18.0.1/15) once nothing the lab recorded uses it. Returns True if removed.
+
+    "Uses it" is read from the lab's own records, never by probing the network: a device directory under
+    /run/fleetlab/devices, or a recorded lab service (the mirror, the control plane) whose pid is alive.
+    """
+    if any(p.is_dir() for p in DEVICES_DIR.glob("*")) or _services_running():
+        return False
+    if not netns.link_exists(BRIDGE):
+        return False
+    netns.remove_bridge()
+    return True
+
+
+def _services_running() -> list[str]:
+    """Names of the lab services whose recorded process is alive (pid + start time in /run/fleetlab/*.json)."""
+    running = []
+    for name in SERVICE_RECORDS:
+        path = RUN_DIR / f"{name}.json"
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            if ProcRef(**json.loads(path.read_text())).alive():
+                running.append(name)
+    return running
 
 
 def _unmount_under(base: Path) -> None:
@@ -280,6 +309,9 @@ def down_all() -> None:
     if importlib.util.find_spec("fleetlab.mirror") is not None:
         with contextlib.suppress(LabError):
             mirror("stop")
+    if importlib.util.find_spec("fleetlab.control") is not None:
+        # The control plane (fleetlab/control.py): its recorded pids, its netns fleetlab-ctl and veth flv-ctl.
+        importlib.import_module("fleetlab.control").down()
     for ns in netns.lab_netns():
         netns.remove_device_net(ns, f"flv-{ns.removeprefix('fleetlab-')}")
     for link in netns.lab_links():
@@ -436,6 +468,14 @@ def mirror(action: str) -> None:
     if func is None:
         raise LabError(f"fleetlab.mirror has no {action}() function")
     func()
+    if action == "stop":
+        release_bridge_if_idle()
+
+
+def mirror_status() -> str | None:
+    """The mirror's URL if the process the lab recorded for it is alive, else None (records only, no probe)."""
+    module = _optional_module("mirror", "the release mirror")
+    return module.status()
 
 
 def wait_gone(pids: list[int], timeout: float = 5.0) -> None:

@@ -225,6 +225,22 @@ def start(versions: list[str] | None = None, arches: list[str] | None = None) ->
     raise LabError(f"mirror did not listen on {url} within 10 s; see {log}")
 
 
+def status() -> str | None:
+    """The mirror's URL if the process recorded in /run/fleetlab/mirror.json is alive, else None.
+
+    Answered from the lab's record (pid + kernel start time), never by connecting: before the lab's bridge exists,
+    198.18.0.1 is not this machine's and a connection would leave by the default route.
+    """
+    from fleetlab.state import ProcRef
+
+    _root, pidfile, _stats, _log = _lab_paths()
+    try:
+        ref = ProcRef(**json.loads(pidfile.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return f"http://{LAB_LISTEN[0]}:{LAB_LISTEN[1]}" if ref.alive() else None
+
+
 def stop() -> None:
     """Stop the mirror `start()` made (by recorded pid and start time). Idempotent."""
     import os
