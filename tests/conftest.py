@@ -38,3 +38,22 @@ def private_adb_server() -> Iterator[None]:
         del os.environ["ANDROID_ADB_SERVER_PORT"]
     else:
         os.environ["ANDROID_ADB_SERVER_PORT"] = saved
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lab_control_plane() -> Iterator[None]:
+    """The lab's control plane (headscale + DERP, fleetlab/control.py) lives as long as the test session needs it.
+
+    Lab tests start it on first use (`fleetlab.control.up()`, idempotent); if it was not running when the session
+    began, the session stops it at the end, so the suite leaves no lab service behind. One that was already running
+    (someone's `fleetlab control up`) is left alone.
+    """
+    try:
+        from fleetlab import control
+    except ImportError:
+        yield
+        return
+    was_running = os.geteuid() == 0 and control.status() is not None
+    yield
+    if os.geteuid() == 0 and not was_running and control.status() is not None:
+        control.down()

@@ -117,10 +117,10 @@ EXAMPLES = r"""
 - name: Install a release and switch to it only if it runs
   fleetmesh.tailscale.install_files:
     files:
-      - {src: /cache/tailscale_1.82.0_arm/tailscaled, dest: /mnt/onboard/.tailscale/1.82.0/tailscaled}
+      - {src: /cache/tailscale_1.98.10_arm/tailscaled, dest: /mnt/onboard/.tailscale/1.98.10/tailscaled}
     links:
-      - {path: /mnt/onboard/.tailscale/current, target: "1.82.0"}
-    verify: /mnt/onboard/.tailscale/1.82.0/tailscaled --version
+      - {path: /mnt/onboard/.tailscale/current, target: "1.98.10"}
+    verify: /mnt/onboard/.tailscale/1.98.10/tailscaled --version
     verify_stage: files
     manifest: /mnt/onboard/.tailscale/.manifest-binary
 

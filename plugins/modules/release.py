@@ -70,7 +70,7 @@ EXAMPLES = r"""
 - name: Fetch the pinned release for the device's arch
   fleetmesh.tailscale.release:
     arch: "{{ ansible_facts.fleetmesh_device.tailscale_arch }}"
-    version: 1.82.0
+    version: 1.98.10
   register: binary_release
 """
 

@@ -1,8 +1,10 @@
 """Shared by the provisioning-core lab tests: a loopback release mirror and site.yml runs that count commands.
 
 The release action runs on the controller, so the mirror only needs to be reachable from the controller: it
-listens on 127.0.0.1 (a free port), serves stand-in releases built into a temp dir, and counts requests. Device
-commands and uploads are counted from the connection plugin's -vvv log (`EXEC` and `PUT` lines).
+listens on 127.0.0.1 (a free port), serves the lab's real Tailscale builds (fleetlab.tailscale_release: the two
+pinned versions, amd64 and arm) and counts requests. site.yml logs nodes in to the lab's headscale (the
+`lab_control` fixture of tests/conftest.py starts it). Device commands and uploads are counted from the connection
+plugin's -vvv log (`EXEC` and `PUT` lines).
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from typing import Any
 
 import yaml
 
-from fleetlab import lab
-from fleetlab.inventory import host_vars, lab_auth_key
-from fleetlab.standin.release import build
+from fleetlab import control, inventory, lab, tailscale_release
+from fleetlab.inventory import host_vars
 from repo_checkout import REPO, ansible_env
 
-VERSIONS = ("1.80.3", "1.82.0")
-ARCHES = ["arm", "amd64"]
+OLD = tailscale_release.OLD_VERSION
+NEW = tailscale_release.NEW_VERSION
+VERSIONS = (OLD, NEW)
+ARCHES = list(tailscale_release.ARCHES)
 BUNDLES = {"arm": "/var/cache/fleetlab/bundles/armhf", "amd64": "/var/cache/fleetlab/bundles/amd64"}
 RECAP_RE = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 
@@ -43,11 +46,21 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def release_mirror(root: Path) -> Iterator[str]:
-    """Stand-in releases (stable; unstable with a corrupted .sha256 for 1.82.0) on http://127.0.0.1:PORT."""
+    """The real releases (stable; unstable: the newer one with a corrupted .sha256) on http://127.0.0.1:PORT."""
+    built = tailscale_release.build(versions=list(VERSIONS), arches=ARCHES)  # cached: built once per machine
+    (root / "stable").mkdir(parents=True, exist_ok=True)
+    (root / "unstable").mkdir(parents=True, exist_ok=True)
+    for item in built:
+        for track in ("stable", "unstable"):
+            link = root / track / item.path.name
+            if not link.is_symlink():
+                link.symlink_to(item.path)  # the cached tarball itself: nothing copied
+        sha = f"{item.sha256}\n" if item.version != NEW else "0" * 64 + "\n"
+        (root / "stable" / f"{item.path.name}.sha256").write_text(f"{item.sha256}\n")
+        (root / "unstable" / f"{item.path.name}.sha256").write_text(sha)
+    index = json.dumps(tailscale_release.index_json(list(VERSIONS), ARCHES))
     for track in ("stable", "unstable"):
-        build(root, list(VERSIONS), ARCHES, track)
-    for arch in ARCHES:
-        (root / "unstable" / f"tailscale_1.82.0_{arch}.tgz.sha256").write_text("0" * 64 + "\n")
+        (root / track / "index.json").write_text(index)
     port = _free_port()
     proc = subprocess.Popen(  # noqa: S603 - fixed argv
         [sys.executable, "-m", "fleetlab.mirror", "--dir", str(root), "--listen", f"127.0.0.1:{port}", "--quiet"],
@@ -100,19 +113,28 @@ class Run:
     puts: int
 
 
+# Set above for loopback runs; the inventory's own values (the mirror on the bridge) do not apply here.
+LOCAL_VARS = ("binary_base_url", "iptables_shim_bundles")
+
+
 def run_site(
     device: Any, tmp: Path, mirror: str, extra_vars: dict[str, Any] | None = None, *, check: bool = False
 ) -> Run:
     """ansible-playbook site.yml on one lab device at -vvv; counts EXEC/PUT lines of that host."""
+    control.up()  # idempotent; the session's lab_control_plane fixture stops it at the end
     hv = host_vars(device)
     hv.update(
         binary_base_url=mirror,
         binary_cache_dir=str(tmp / "cache"),
         iptables_shim_bundles=BUNDLES,
         fleetmesh_telnet_control_path_dir=str(tmp / "cp"),
-        # site.yml logs the node in (login role): the lab's stand-in key, as `fleetlab inventory` gives it.
-        login_auth_key=lab_auth_key(),
     )
+    # The lab's login server, key and nothing-leaves-the-lab tailscaled settings, as `fleetlab inventory` gives them.
+    lab_inventory = inventory.build([device])
+    group = lab_inventory["all"]["children"][device.profile]
+    hv.update({k: v for k, v in lab_inventory["all"]["vars"].items() if k not in LOCAL_VARS})
+    hv.update(group.get("vars", {}))
+    hv.update(group["hosts"][device.name])
     if device.profile in ("sysvinit", "quecopen"):
         # These lab boxes have no iptables (kobo gets the shim): site.yml starts tailscaled (boot role), which in
         # kernel mode needs it. Tests that want kernel mode there set networking_mode (and the shim) themselves.

@@ -1,9 +1,10 @@
-"""The lab's release mirror: serves stand-in tarballs with the pkgs.tailscale.com layout and counts requests.
+"""The lab's release mirror: serves release tarballs with the pkgs.tailscale.com layout and counts requests.
 
     python -m fleetlab.mirror --dir DIR --listen 198.18.0.1:8080 [--build] [--stats-file PATH]
 
 Serves DIR/<track>/<file> as /<track>/<file>, and /<track>/?mode=json (any os=) from DIR/<track>/index.json
-(written by fleetlab.standin.release). GET /_fleetlab/stats returns the request counts per path as JSON and
+(written by fleetlab.tailscale_release for the real builds the lab serves, or by fleetlab.standin.release).
+GET /_fleetlab/stats returns the request counts per path as JSON and
 POST /_fleetlab/stats/reset zeroes them, so tests can assert "no download on the second run".
 """
 
@@ -66,7 +67,7 @@ class MirrorHandler(BaseHTTPRequestHandler):
     """pkgs.tailscale.com-shaped file server over one directory."""
 
     server: MirrorServer
-    server_version = "fleetlab-mirror/1 (STAND-IN, not pkgs.tailscale.com)"
+    server_version = "fleetlab-mirror/1 (lab mirror, not pkgs.tailscale.com)"
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature fixed by the base class
         if not self.server.quiet:
@@ -135,7 +136,7 @@ class MirrorHandler(BaseHTTPRequestHandler):
             return
         names = sorted(p.name for p in track_dir.iterdir() if p.is_file() and p.name != "index.json")
         links = "\n".join(f'<a href="{html.escape(n)}">{html.escape(n)}</a><br>' for n in names)
-        body = f"<html><body><h1>fleetlab stand-in mirror (not pkgs.tailscale.com)</h1>\n{links}\n</body></html>\n"
+        body = f"<html><body><h1>fleetlab mirror (not pkgs.tailscale.com)</h1>\n{links}\n</body></html>\n"
         self._send(HTTPStatus.OK, body.encode(), "text/html; charset=utf-8")
 
 
@@ -168,13 +169,14 @@ def serve_in_thread(root: Path, host: str = "127.0.0.1", port: int = 0, quiet: b
 
 
 def _lab_paths() -> tuple[Path, Path, Path, Path]:
-    from fleetlab.state import CACHE_DIR, RUN_DIR
+    from fleetlab.state import RUN_DIR
+    from fleetlab.tailscale_release import RELEASES_DIR
 
-    return CACHE_DIR / "releases", RUN_DIR / "mirror.json", RUN_DIR / "mirror-stats.json", RUN_DIR / "mirror.log"
+    return RELEASES_DIR, RUN_DIR / "mirror.json", RUN_DIR / "mirror-stats.json", RUN_DIR / "mirror.log"
 
 
 def start(versions: list[str] | None = None, arches: list[str] | None = None) -> str:
-    """Build the stand-in release (cached, reproducible) and start the mirror on 198.18.0.1:8080; returns its URL.
+    """Build the real releases (fleetlab.tailscale_release, cached) and serve them on 198.18.0.1:8080; returns the URL.
 
     The process is recorded in /run/fleetlab/mirror.json as pid + kernel start time; `stop()` kills exactly it.
     """
@@ -182,14 +184,14 @@ def start(versions: list[str] | None = None, arches: list[str] | None = None) ->
     import subprocess
     import time
 
-    from fleetlab.standin import release
+    from fleetlab import tailscale_release
     from fleetlab.state import LabError, ProcRef
 
     root, pidfile, stats_file, log = _lab_paths()
     url = f"http://{LAB_LISTEN[0]}:{LAB_LISTEN[1]}"
     if pidfile.exists() and ProcRef(**json.loads(pidfile.read_text())).alive():
         return url
-    release.build(root, versions or list(release.DEFAULT_VERSIONS), arches or list(release.DEFAULT_ARCHES))
+    tailscale_release.build(root, versions, arches)
     pidfile.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -275,13 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", required=True, type=Path, help="mirror root (contains stable/ and unstable/)")
     parser.add_argument("--listen", default="198.18.0.1:8080", type=parse_listen, help="ADDR:PORT")
     parser.add_argument("--stats-file", type=Path, help="also write the request counts here after each request")
-    parser.add_argument("--build", action="store_true", help="build the default stand-in release into --dir first")
+    parser.add_argument("--build", action="store_true", help="build the lab's real releases into --dir first")
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
     args = parser.parse_args(argv)
     if args.build:
-        from fleetlab.standin import release
+        from fleetlab import tailscale_release
 
-        release.build(args.dir, list(release.DEFAULT_VERSIONS), list(release.DEFAULT_ARCHES))
+        tailscale_release.build(args.dir)
     server = MirrorServer(args.dir, args.listen, stats_file=args.stats_file, quiet=args.quiet)
 
     def stop(signum: int, frame: FrameType | None) -> None:
