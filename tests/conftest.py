@@ -24,16 +24,32 @@ _AnsibleCollectionFinder(paths=[str(_COLLECTIONS)], scan_sys_paths=False)._insta
 def private_adb_server() -> Iterator[None]:
     """Every adb client the tests start (ours, the plugin's, molecule's) talks to a private adb server, not 5037.
 
-    A user's own adb server on the default port is left alone, and the one the tests started is stopped at the end.
+    The session starts that server itself (`adb nodaemon server`, its own child) and stops it by pid at the end: a
+    server still holding a transport to a device whose namespace is gone can hang `adb kill-server`. A user's own
+    adb server on the default port is left alone.
     """
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
     saved = os.environ.get("ANDROID_ADB_SERVER_PORT")
     os.environ["ANDROID_ADB_SERVER_PORT"] = port
-    yield
+    server = None
     if shutil.which("adb"):
-        subprocess.run(["adb", "-P", port, "kill-server"], capture_output=True, timeout=30, check=False)
+        server = subprocess.Popen(  # noqa: S603 - fixed argv
+            ["adb", "-P", port, "nodaemon", "server"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    yield
+    if server is not None:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
     if saved is None:
         del os.environ["ANDROID_ADB_SERVER_PORT"]
     else:

@@ -1,4 +1,10 @@
-"""iptables_shim on a lab kobo through the real telnet plugin: tailscaled fails without iptables, starts with it."""
+"""iptables_shim on a lab kobo (armhf, qemu-user) through the real telnet plugin: the shim's libraries and soname
+links land and its iptables runs on the device; repair, a broken bundle and uninstall.
+
+What real tailscaled does with and without the shim in kernel mode (it falls back to nftables without it, uses the
+shim's iptables with it) is proven natively on the amd64 kobo box in test_kobo_chain_lab.py: under qemu-user the
+shim's iptables cannot reach the kernel's tables (IPT_SO_GET_INFO is not emulated, docs/lab.md).
+"""
 
 from __future__ import annotations
 
@@ -25,11 +31,6 @@ lab = pytest.importorskip("fleetlab.lab", reason="the fleetlab package (tests/la
 from provision_lab import release_mirror, run_site, stop_sessions  # noqa: E402
 
 KOBO = "pci-kobo"
-# Start the daemon in kernel mode for 3 s; its log says whether the router found a working iptables.
-TRY_DAEMON = (
-    "export PATH=/usr/sbin:/usr/bin:/sbin:/bin; mkdir -p /tmp/try; "
-    "timeout 3 tailscaled --statedir=/tmp/try --socket=/tmp/try/s.sock 2>&1; echo rc=$?"
-)
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +59,15 @@ def sh(device: Any, script: str) -> str:
 
 
 def test_before_and_after(kobo: Any, work: Path, mirror: str) -> None:
-    # Without the shim, site.yml stops at the boot role: tailscaled cannot start, and the task says why.
+    # Without the shim the device has no iptables at all; site.yml still brings the node up (userspace in the lab).
     without = run_site(kobo, work, mirror, {"iptables_shim_enabled": False})
-    assert without.rc != 0
-    assert 'exec: "iptables": executable file not found in $PATH' in without.output
-    assert 'exec: "iptables": executable file not found in $PATH' in sh(kobo, TRY_DAEMON)
+    assert without.rc == 0, without.output[-3000:]
+    assert "not found" in sh(kobo, "command -v iptables || echo not found")
     run = run_site(kobo, work, mirror)
     assert run.rc == 0 and run.changed >= 1, run.output[-3000:]
+    # The armhf build of iptables and its libraries run on the device (under qemu-user here, natively on a Kobo).
     assert sh(kobo, "iptables --version").startswith("iptables v1.8.9")
-    started = sh(kobo, TRY_DAEMON)
-    assert "router: using iptables" in started and "executable file not found" not in started
+    assert sh(kobo, "head -c 20 $(readlink -f /usr/sbin/iptables) | od -An -tx1").split()[18:20] == ["28", "00"]
     again = run_site(kobo, work, mirror)
     assert again.changed == 0 and again.puts == 0
 

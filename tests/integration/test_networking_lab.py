@@ -4,18 +4,17 @@
   after `fleetlab reboot` (and, once the boot role is in site.yml, the boot integration does it by itself).
 - sysvinit (telnet) with tun hidden from its kernel view (`fleetlab up --hide-tun`: a /proc/misc without tun
   bind-mounted over the real one, an empty /sys/class/misc) and no node: auto ends in userspace; lo gets back the
-  127.0.0.1 it lost and the stand-in tailscaled started with the published flags answers SOCKS5 on the device's
+  127.0.0.1 it lost and the real tailscaled started with the published flags answers SOCKS5 on the device's
   loopback; forced kernel fails before any change; a tun.ko the kernel refuses fails and leaves nothing behind;
   switching modes and back is a no-op the run after.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import shutil
 import subprocess
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,8 @@ lab = pytest.importorskip("fleetlab.lab", reason="the fleetlab package (tests/la
 
 from provision_lab import RECAP_RE, release_mirror, run_site, stop_sessions  # noqa: E402
 
-from fleetlab.inventory import host_vars, lab_auth_key  # noqa: E402
-from fleetlab.standin.release import tarball_bytes  # noqa: E402
+from fleetlab import tailscale_release  # noqa: E402
+from fleetlab.inventory import host_vars  # noqa: E402
 from repo_checkout import REPO, ansible_env  # noqa: E402
 
 QUEC = "net-q1"
@@ -128,10 +127,10 @@ def quec() -> Iterator[Any]:
 def box() -> Iterator[Any]:
     lab.down(BOX)
     device = lab.up(BOX, "sysvinit", hide_tun=True)  # tun hidden from its kernel view, no node
-    with tarfile.open(fileobj=io.BytesIO(tarball_bytes("1.82.0", "amd64"))) as tarball:
-        daemon = tarball.extractfile("tailscale_1.82.0_amd64/tailscaled")
-        assert daemon is not None
-        sh(device, "cat > /usr/bin/tailscaled && chmod 755 /usr/bin/tailscaled", daemon.read().decode())
+    # The real tailscaled of the newer pinned release, put straight into the device's root filesystem.
+    daemon = tailscale_release.binaries(tailscale_release.NEW_VERSION, "amd64")["tailscaled"]
+    shutil.copyfile(daemon, device.root / "usr/bin/tailscaled")
+    (device.root / "usr/bin/tailscaled").chmod(0o755)
     yield device
     lab.down(BOX)
 
@@ -223,22 +222,23 @@ def test_switching_modes_and_back_then_nothing_to_do(box: Any, work: Path) -> No
 
 
 BOOTED = "net-s2"
-# The daemon's command line (the stand-in's subshells share it: one unique line per running daemon).
+# The daemon's command line (one unique line per running daemon).
 DAEMON_ARGS = (
     "for p in $(pidof tailscaled); do { tr '\\0' ' ' < /proc/$p/cmdline; echo; } 2>/dev/null; done"
     " | grep tailscaled | sort -u"
 )
 WAIT_DAEMON = "i=0; while [ ! -e /var/run/tailscale/tailscaled.sock ] && [ $i -lt 150 ]; do sleep 0.2; i=$((i+1)); done"
-NODE_KEY = "grep -i nodekey /var/lib/tailscale/tailscaled.state"
+# The node's public key as the daemon reports it (Self comes before Peer in `tailscale status --json`).
+NODE_KEY = "tailscale status --json | grep -m1 '\"PublicKey\"'"
 
 
 def test_site_boot_remakes_the_node_and_a_mode_switch_restarts_keeping_the_node(work: Path) -> None:
-    # A sysvinit box whose /dev has no tun node at any boot; the kernel has tun. The stand-in's kernel mode needs
+    # A sysvinit box whose /dev has no tun node at any boot; the kernel has tun. tailscaled's kernel mode needs
     # iptables: the amd64 bundle works for real in the device's netns.
     lab.down(BOOTED)
     device = lab.up(BOOTED, "sysvinit", tun_node=False)
-    # The lab's stand-in key (root-only under /run/fleetlab; the inventory holding it is removed at the end).
-    extra = {"iptables_shim_enabled": True, "networking_mode": "auto", "login_auth_key": lab_auth_key()}
+    # The lab's key comes with run_site (root-only under /run/fleetlab; the inventory holding it is removed at the end).
+    extra = {"iptables_shim_enabled": True, "networking_mode": "auto"}
     (work / "site").mkdir(mode=0o700, exist_ok=True)
     try:
         with release_mirror(work / "mirror") as url:
@@ -248,7 +248,7 @@ def test_site_boot_remakes_the_node_and_a_mode_switch_restarts_keeping_the_node(
             kernel_args = sh(device, DAEMON_ARGS)
             assert "tailscaled" in kernel_args and "userspace-networking" not in kernel_args
             key = sh(device, NODE_KEY)
-            assert "nodekey" in key
+            assert "nodekey:" in key
             lab.reboot(BOOTED)
             sh(device, WAIT_DAEMON)  # the init script starts tailscaled in the background
             assert node(device) == "crw------- 10, 200\n"  # made by the boot integration before tailscaled

@@ -30,6 +30,8 @@ def test_down_all_removes_everything() -> None:
         pytest.skip(f"other lab devices are running ({', '.join(foreign)}): down --all would destroy them")
     if (RUN_DIR / "mirror.json").exists():
         pytest.skip("a lab mirror is running for someone else: down --all would stop it")
+    if (RUN_DIR / "control-headscale.json").exists():
+        pytest.skip("the lab's control plane is running for someone else: down --all would stop it")
     mirror_pids = []
     if importlib.util.find_spec("fleetlab.mirror") is not None:
         lab.mirror("start")
@@ -68,8 +70,8 @@ def test_down_is_idempotent_for_unknown_device() -> None:
 def test_last_down_removes_the_bridge_and_mirror_status_reads_records() -> None:
     """The bridge (and 198.18.0.1 with it) goes when the last thing the lab recorded goes; the mirror's status is
     read from its record (a dead recorded pid is "not running"), never by connecting to its address."""
-    if device_names() or (RUN_DIR / "mirror.json").exists():
-        pytest.skip("other lab devices or a mirror are running: the bridge is theirs too")
+    if device_names() or (RUN_DIR / "mirror.json").exists() or (RUN_DIR / "control-headscale.json").exists():
+        pytest.skip("other lab devices, a mirror or the control plane are running: the bridge is theirs too")
     lab.up("lt-br1", "sysvinit")
     lab.up("lt-br2", "sysvinit")
     assert BRIDGE in netns.lab_links()

@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("prepare", help="download .debs, build templates and iptables bundles (idempotent)")
+    sub.add_parser(
+        "build", help="build the real Tailscale releases and the control plane from their Go modules (cached)"
+    )
 
     up = sub.add_parser("up", help="start a device")
     up.add_argument("--profile", required=True, choices=devices.ALL_PROFILES)
@@ -48,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         help="hide tun from the device's kernel view (/proc/misc, /sys/class/misc) and give it no /dev/net/tun",
     )
     up.add_argument("--hostname", help="override the profile's hostname")
+    up.add_argument(
+        "--arch",
+        choices=devices.ARCHES,
+        help="userland architecture when not the profile's (kobo --arch amd64: the kobo shape, run natively)",
+    )
 
     down = sub.add_parser("down", help="remove a device, or all of the lab")
     target = down.add_mutually_exclusive_group(required=True)
@@ -73,7 +81,79 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--off", action="store_true", help="remove the shaper")
     mi = sub.add_parser("mirror", help="start/stop the release mirror on 198.18.0.1:8080, or its status")
     mi.add_argument("action", choices=["start", "stop", "status"], help="status: exit 0 if running (from records)")
+    _control_parser(sub)
+    _lan_parser(sub)
     return p
+
+
+def _control_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ct = sub.add_parser("control", help="the lab control plane: headscale + derper on 198.18.0.2 (fleetlab/control.py)")
+    verbs = ct.add_subparsers(dest="action", required=True)
+    verbs.add_parser("up", help="start headscale and derper (idempotent); prints the control URL")
+    verbs.add_parser("down", help="stop them and remove their netns, veth and files (idempotent)")
+    verbs.add_parser("status", help="exit 0 and print the URL if running (from records)")
+    verbs.add_parser("nodes", help="the tailnet's nodes: id, name, addresses, online, tags")
+    key = verbs.add_parser("key", help="mint a pre-auth key of the lab user; prints it (a secret)")
+    key.add_argument("--reusable", action="store_true")
+    key.add_argument("--ephemeral", action="store_true")
+    key.add_argument("--tags", default="", help="comma-separated, e.g. tag:lab,tag:fleetmesh")
+    key.add_argument("--expiration", default="1h", help="e.g. 30m, 1h, 24h")
+    ar = verbs.add_parser("approve-routes", help="set a node's approved routes (replaces the list)")
+    ar.add_argument("node_id", type=int, metavar="NODE_ID")
+    ar.add_argument("routes", nargs="*", metavar="CIDR", help="none: remove all approved routes")
+
+
+def _lan_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ln = sub.add_parser("lan", help="a LAN host behind a device, on its bridge0 (fleetlab/lan.py), or --off")
+    ln.add_argument("name")
+    ln.add_argument("--cidr", default="192.168.225.0/24", help="IPv4 LAN: .1 on the device's bridge0, .2 the host")
+    ln.add_argument(
+        "--ipv6", nargs="?", const="fd00:225::/64", default=None, metavar="CIDR", help="also IPv6: ::1 and ::2"
+    )
+    ln.add_argument("--port", type=int, default=7777, help="the LAN host's hello/echo TCP server port")
+    ln.add_argument("--off", action="store_true", help="remove the LAN")
+
+
+def _lan(args: argparse.Namespace) -> int:
+    from fleetlab import lan
+
+    if args.off:
+        lan.detach(args.name)
+        return 0
+    info = lan.attach(args.name, args.cidr, ipv6=args.ipv6, echo_port=args.port)
+    six = f", {info['device_address6']} / {info['host_address6']}" if info["ipv6"] else ""
+    print(
+        f"{args.name}: LAN {info['cidr']}{' ' + info['ipv6'] if info['ipv6'] else ''} on {info['interface']} "
+        f"(device {info['device_address']}, host {info['host_address']}{six} in netns {info['netns']}); "
+        f"echo server on port {info['echo_port']}"
+    )
+    return 0
+
+
+def _control(args: argparse.Namespace) -> int:
+    from fleetlab import control
+
+    if args.action == "up":
+        print(control.up())
+    elif args.action == "down":
+        control.down()
+    elif args.action == "status":
+        url = control.status()
+        print(f"running on {url}" if url else "not running")
+        return 0 if url else 3
+    elif args.action == "nodes":
+        for node in control.nodes():
+            state = "online" if node.get("online") else "offline"
+            addrs = ",".join(node.get("ip_addresses") or [])
+            tags = ",".join(node.get("tags") or []) or "-"
+            print(f"{node.get('id')}\t{node.get('given_name') or node.get('name')}\t{addrs}\t{state}\t{tags}")
+    elif args.action == "key":
+        tags = [t for t in args.tags.split(",") if t.strip()]
+        print(control.mint_key(reusable=args.reusable, ephemeral=args.ephemeral, tags=tags, expiration=args.expiration))
+    elif args.action == "approve-routes":
+        node = control.approve_routes(args.node_id, args.routes)
+        print(f"{node.get('id')}\tapproved: {','.join(node.get('approved_routes') or []) or '-'}")
+    return 0
 
 
 def _exec(name: str, cmd: list[str]) -> int:
@@ -91,10 +171,26 @@ def _exec(name: str, cmd: list[str]) -> int:
     return subprocess.call([*boot.nsenter_cmd(device), *cmd], env=boot.device_env())
 
 
+def _build() -> None:
+    """Everything the lab builds with Go, each once per machine: the releases the mirror serves, headscale, derper."""
+    import time
+
+    from fleetlab import control, tailscale_release
+
+    start = time.monotonic()
+    for item in tailscale_release.build():
+        print(f"release {item.version} {item.arch}: {item.path} ({item.path.stat().st_size} bytes)")
+    for name, path in control.binaries().items():
+        print(f"control plane {name}: {path}")
+    print(f"fleetlab build: done in {time.monotonic() - start:.0f} s")
+
+
 def run(args: argparse.Namespace) -> int:
     lab.require_root()
     if args.command == "prepare":
         lab.prepare()
+    elif args.command == "build":
+        _build()
     elif args.command == "up":
         device = lab.up(
             args.name,
@@ -105,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
             tun_node=args.tun_node,
             hide_tun=args.hide_tun,
             hostname=args.hostname,
+            arch=args.arch,
         )
         print(_describe(device))
     elif args.command == "down":
@@ -140,6 +237,10 @@ def run(args: argparse.Namespace) -> int:
         return 0 if url else 3
     elif args.command == "mirror":
         lab.mirror(args.action)
+    elif args.command == "control":
+        return _control(args)
+    elif args.command == "lan":
+        return _lan(args)
     return 0
 
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 
+# Debian architectures a busybox profile's userland can be built for (`fleetlab up --arch`).
+ARCHES = ("amd64", "armhf")
+
 
 @dataclasses.dataclass(frozen=True)
 class Profile:
@@ -134,8 +137,15 @@ PROFILES: dict[str, Profile] = {
 ALL_PROFILES = (*PROFILES, "systemd")
 
 
-def get(name: str) -> Profile:
+def get(name: str, arch: str | None = None) -> Profile:
+    """The profile; with arch, the same device shape on another userland (e.g. a kobo-shaped box in amd64: same
+    layout, boot hooks, doors and sizes, the amd64 busybox and glibc run natively instead of under qemu-user)."""
     try:
-        return PROFILES[name]
+        profile = PROFILES[name]
     except KeyError:
         raise KeyError(f"unknown profile {name!r}: choose one of {', '.join(ALL_PROFILES)}") from None
+    if arch is None or arch == profile.arch:
+        return profile
+    if arch not in ARCHES:
+        raise KeyError(f"unknown userland architecture {arch!r}: choose one of {', '.join(ARCHES)}")
+    return dataclasses.replace(profile, arch=arch)

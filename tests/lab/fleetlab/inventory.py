@@ -16,6 +16,7 @@ import yaml
 
 from fleetlab import control
 from fleetlab.bundles import BUNDLES_DIR
+from fleetlab.devices import PROFILES
 from fleetlab.state import GATEWAY, MIRROR_PORT, RUN_DIR, Device, LabError
 
 # Variable names the collection's roles read (roles/*/defaults/main.yml); a rename in the roles changes them here.
@@ -25,6 +26,7 @@ LOGIN_SERVER_VAR = "login_login_server"
 BUNDLES_VAR = "iptables_shim_bundles"
 TAILSCALED_ARGS_VAR = "boot_tailscaled_extra_args"
 TAILSCALED_ENV_VAR = "boot_environment"
+NETWORKING_MODE_VAR = "networking_mode"
 # Nothing leaves the lab: no log upload (the flag also stops tailscaled's other "support" calls home), no
 # UPnP/NAT-PMP/PCP probes of the gateway or SSDP multicast (portmapper off).
 LAB_TAILSCALED_ARGS = ["--no-logs-no-support"]
@@ -130,6 +132,15 @@ def build(devices: list[Device]) -> dict[str, Any]:
         hv = host_vars(device)
         if device.profile in NO_IPTABLES:
             hv["device_profile_overrides"] = {"iptables_shim": True}
+        if (device.arch or getattr(PROFILES.get(device.profile), "arch", "")) == "armhf":
+            # ARM devices run under qemu-user 7.2, whose syscall translation lacks what kernel mode's router needs
+            # (measured, docs/lab.md "ARM devices under qemu-user"): socket(NETLINK_NETFILTER) EPROTONOSUPPORT (no
+            # nftables), getsockopt IPT_SO_GET_INFO ENOPROTOOPT (the shim's iptables: "can't initialize iptables
+            # table"), RTM_GETRULE EOPNOTSUPP (no policy routing, no IPv6 tunnel), SO_MARK ENOPROTOOPT. Tailnet
+            # traffic would flow, but with a router health error and no firewall, which a real Kobo or QuecOpen
+            # kernel does not have: userspace mode gives a node that behaves as on the device. Kernel mode,
+            # netfilter and the shim are proven on amd64 boxes (`fleetlab up --profile kobo --arch amd64`).
+            hv[NETWORKING_MODE_VAR] = "userspace"
         group["hosts"][device.name] = hv
         group.setdefault("vars", {AUTH_KEY_VAR: lab_auth_key(device.profile)})
     return {
@@ -147,7 +158,5 @@ def build(devices: list[Device]) -> dict[str, Any]:
 
 
 def render(devices: list[Device]) -> str:
-    header = (
-        "# fleetlab inventory: simulated lab devices, the lab's mirror of real Tailscale builds, its headscale.\n"
-    )
+    header = "# fleetlab inventory: simulated lab devices, the lab's mirror of real Tailscale builds, its headscale.\n"
     return header + yaml.safe_dump(build(devices), sort_keys=False, default_flow_style=False)

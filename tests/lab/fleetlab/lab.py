@@ -171,13 +171,17 @@ def up(
     tun_node: bool | None = None,
     hide_tun: bool = False,
     hostname: str | None = None,
+    arch: str | None = None,
 ) -> Device:
-    """Create and boot a device; returns its record (address, services)."""
+    """Create and boot a device; returns its record (address, services). arch: the userland's Debian architecture
+    when not the profile's (a kobo-shaped box with an amd64 userland: `arch="amd64"`)."""
     require_root()
     check_name(name)
     if profile == "systemd":
+        if arch is not None:
+            raise LabError("--arch is for the busybox profiles; the systemd profile is the host's architecture")
         return _optional_module("systemd_device", "the systemd profile").up(name)
-    prof = devices.get(profile)
+    prof = devices.get(profile, arch)
     if readonly_root and profile != "quecopen":
         raise LabError("--readonly-root is a quecopen option")
     if hide_tun and tun_node:
@@ -193,6 +197,7 @@ def up(
             profile=profile,
             index=free_index(),
             hostname=hostname or prof.hostname or name,
+            arch=prof.arch,
             password=password,
             login_prompt=login_prompt,
             readonly_root=readonly_root,
@@ -236,6 +241,8 @@ def _kill_recorded(device: Device) -> None:
 
 def _teardown(device: Device) -> None:
     _kill_recorded(device)
+    if device.extra.get("lan"):  # a LAN behind the device (fleetlab/lan.py): its netns goes first
+        importlib.import_module("fleetlab.lan").teardown(device)
     boot.stop_init(device)
     rootfs.unmount_device_root(device)
     netns.remove_device_net(device.netns, device.veth_host)
@@ -373,7 +380,7 @@ def reboot(name: str) -> Device:
     device = get(name)
     if device.profile == "systemd":
         return _optional_module("systemd_device", "the systemd profile").reboot(name)
-    prof = devices.get(device.profile)
+    prof = devices.get(device.profile, device.arch or None)
     _kill_recorded(device)
     device.extra.pop("adbd", None)
     boot.stop_init(device)
@@ -390,6 +397,8 @@ def reboot(name: str) -> Device:
     device.save()
     _boot(device, prof)
     device.save()
+    if device.extra.get("lan"):  # the LAN stays up across the power cycle; its host's server is started again
+        importlib.import_module("fleetlab.lan").after_reboot(device)
     return device
 
 

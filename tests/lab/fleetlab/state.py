@@ -62,6 +62,7 @@ class Device:
     profile: str
     index: int
     hostname: str
+    arch: str = ""  # Debian architecture of the userland (`up --arch`); "" in records made before: the profile's
     password: str = ""
     login_prompt: bool = False
     readonly_root: bool = False
@@ -133,9 +134,15 @@ def proc_starttime(pid: int) -> int:
     return int(_stat_fields(pid)[19])
 
 
+# Names of the lab's own services' namespaces (fleetlab-ctl: the control plane), never a device's.
+RESERVED_NAMES = frozenset({"ctl"})
+
+
 def check_name(name: str) -> None:
     if not NAME_RE.match(name):
         raise LabError(f"bad device name {name!r}: use 1-11 characters a-z, 0-9 and '-', starting with a letter/digit")
+    if name in RESERVED_NAMES:
+        raise LabError(f"device name {name!r} is reserved for the lab's control plane (netns fleetlab-{name})")
 
 
 def device_names() -> list[str]:
