@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# `make demo`: bring up a small mixed lab fleet (kobo over telnet, quecopen over adb, sysvinit over telnet, systemd
-# over ssh), provision it with playbooks/site.yml, run it again to show it changes nothing, print a fleet table,
-# and tear down exactly what it started (also on failure or Ctrl-C). Needs root (the lab uses namespaces).
+# `make demo`: bring up a small mixed lab fleet (kobo over telnet, quecopen over adb with a LAN behind it, sysvinit
+# over telnet, systemd over ssh), the lab's control server (headscale + DERP) and its mirror of real Tailscale builds,
+# provision the fleet with playbooks/site.yml, run it again and in --check to show it changes nothing, print a fleet
+# table from the control server's node list and the devices, prove a packet across the tailnet and one into the LAN
+# behind the QuecOpen module, and tear down exactly what it started (also on failure or Ctrl-C). Needs root.
 # DEMO_KEEP=1 keeps the fleet up afterwards (tear it down with the `fleetlab down` lines it prints).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,6 +22,7 @@ for entry in "${fleet[@]}"; do names+=("${entry%%:*}"); done
 work=$(mktemp -d /tmp/fleetmesh-demo.XXXXXX)
 started=()
 mirror_started=false
+control_started=false
 adb_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
 teardown() {
@@ -28,11 +31,13 @@ teardown() {
         echo "=== demo: fleet kept up (DEMO_KEEP=1); inventory $work/inventory.yml; tear down with:"
         for name in "${started[@]}"; do echo "    fleetlab down $name"; done
         $mirror_started && echo "    fleetlab mirror stop"
+        $control_started && echo "    fleetlab control down"
         return
     fi
     echo "=== demo: tearing down what it started"
     for name in "${started[@]}"; do fleetlab down "$name" || true; done
     if $mirror_started; then fleetlab mirror stop || true; fi
+    if $control_started; then fleetlab control down || true; fi
     # The telnet/adb plugins' sessions live under the demo's control dir: stop them by their recorded pid.
     for pidfile in "$work"/cp/*.pid; do
         if [ -e "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
@@ -61,7 +66,18 @@ for name in "${names[@]}"; do
     fi
 done
 
-echo "=== demo: starting the stand-in release mirror"
+echo "=== demo: building the real Tailscale releases and the control plane from their Go modules (cached)"
+fleetlab build | sed 's/^/    /'
+
+echo "=== demo: starting the lab's control server (headscale + DERP relay on 198.18.0.2)"
+if fleetlab control status >/dev/null; then
+    echo "    the lab's control server is already running ($(fleetlab control status)): using it, leaving it running"
+else
+    echo "    $(fleetlab control up)"
+    control_started=true
+fi
+
+echo "=== demo: starting the release mirror (the real builds, pkgs.tailscale.com layout)"
 # Asked of the lab's own record (pid + start time), never by connecting: until the lab's bridge exists the mirror's
 # address is not this machine's, and a probe would leave by the default route.
 if fleetlab mirror status >/dev/null; then
@@ -77,6 +93,8 @@ for entry in "${fleet[@]}"; do
     started+=("$name")
     fleetlab up --profile "$profile" "$name" | sed 's/^/    /'
 done
+# The LAN behind the QuecOpen module: a host at 192.168.225.2 on the module's bridge0 (192.168.225.1), as in its guide.
+fleetlab lan demo-quec --cidr 192.168.225.0/24 | sed 's/^/    /'
 
 inventory=$work/inventory.yml
 fleetlab inventory "${names[@]}" >"$inventory"
@@ -88,6 +106,8 @@ import yaml
 path = sys.argv[1]
 data = yaml.safe_load(open(path))
 data["all"]["children"]["quecopen"]["hosts"]["demo-quec"]["routing_routes"] = ["192.168.225.0/24"]
+# The systemd box takes the routes the tailnet offers, so it can reach that LAN through the module.
+data["all"]["children"]["systemd"]["hosts"]["demo-sysd"]["login_accept_routes"] = True
 open(path, "w").write(yaml.safe_dump(data, sort_keys=False))
 EOF
 # The demo's own state stays its own: the telnet/adb plugins' sessions and ssh's masters (under the work dir), a
@@ -100,27 +120,12 @@ fleetmesh_adb_server_port: $adb_port
 binary_cache_dir: $work/release-cache
 EOF
 echo "    inventory: $inventory (from 'fleetlab inventory ${names[*]}')"
-echo "    NOTE: the Tailscale binaries on these devices are the lab's stand-ins (POSIX sh scripts that follow the"
-echo "    real CLI contract), served by the lab mirror; the collection itself knows nothing about them."
+echo "    NOTE: real tailscale/tailscaled built here from the tailscale.com Go module (not the signed official"
+echo "    binaries), logging in to a real headscale; the collection itself knows nothing about the lab."
 
 fleet_table() {
-    echo "=== demo: the fleet (read on each device through 'fleetlab exec')"
-    # shellcheck disable=SC2016 # the probe is expanded by the device's shell, not here
-    # One round trip per device; every field falls back to '-' when that part is not provisioned (yet).
-    probe='v=$(tailscale version 2>/dev/null | head -n1); a=$(uname -m)
-    if j=$(tailscale status --json 2>/dev/null); then
-      s=$(echo "$j" | sed -n "s/.*\"BackendState\": *\"\([A-Za-z]*\)\".*/\1/p" | head -n1)
-      ip=$(tailscale ip -4 2>/dev/null | head -n1)
-      r=$(tailscale debug prefs 2>/dev/null | tr -d " \t\n" | sed -n "s/.*\"AdvertiseRoutes\":\[\([^]]*\)\].*/\1/p" | tr -d "\"")
-    else s=not-running; fi
-    echo "${a:--}|${v:--}|${s:--}|${ip:--}|${r:--}"'
-    printf '%-10s %-9s %-8s %-8s %-8s %-12s %-15s %s\n' HOST PROFILE DOOR ARCH VERSION STATE "TAILNET IP" ROUTES
-    for entry in "${fleet[@]}"; do
-        name=${entry%%:*} profile=${entry#*:}
-        door=$(fleetlab list | awk -F'\t' -v n="$name" '$1 == n {print $4}' | cut -d' ' -f1)
-        IFS='|' read -r arch version state ip routes < <(fleetlab exec "$name" -- sh -c "$probe" || echo "-|-|unreachable|-|-")
-        printf '%-10s %-9s %-8s %-8s %-8s %-12s %-15s %s\n' "$name" "$profile" "${door:--}" "$arch" "$version" "$state" "$ip" "$routes"
-    done
+    echo "=== demo: the fleet (the control server's node list, and each device through 'fleetlab exec')"
+    python3 tests/tooling/fleet_table.py "${fleet[@]}" | sed 's/^/    /'
 }
 
 echo "=== demo: first run of playbooks/site.yml (provisions every device by its profile)"
@@ -150,5 +155,20 @@ if echo "$out" | sed 's/\x1b\[[0-9;]*m//g' | grep -Eq 'changed=[1-9]'; then
     exit 1
 fi
 
-fleet_table
+fleet_table || { echo "demo: a device is not Running and online in the control server" >&2; exit 1; }
+
+echo "=== demo: one packet across the tailnet (demo-sysv -> demo-sysd, through tailscale0 on both)"
+sysd_ip=$(fleetlab exec demo-sysd -- tailscale ip -4 | head -n1)
+fleetlab exec demo-sysv -- ip route get "$sysd_ip" | head -n1 | sed 's/^/    /'
+fleetlab exec demo-sysv -- ping -c 1 -W 5 "$sysd_ip" | sed 's/^/    /'
+fleetlab exec demo-sysv -- tailscale ping -c 5 "$sysd_ip" | sed 's/^/    /'
+
+echo "=== demo: one connection into the LAN behind the QuecOpen module (demo-sysd -> 192.168.225.2, via demo-quec)"
+# shellcheck disable=SC2016 # expanded by the device's bash
+hello=$(fleetlab exec demo-sysd -- timeout 20 bash -c 'exec 3<>/dev/tcp/192.168.225.2/7777; head -n1 <&3')
+echo "    the LAN host answered: $hello"
+case "$hello" in
+"hello from "*) ;;
+*) echo "demo: no answer from the LAN host behind the QuecOpen module" >&2; exit 1 ;;
+esac
 echo "=== demo: done in $((SECONDS - start)) s (first site.yml run ${first} s, no-op run ${second} s)"

@@ -99,8 +99,8 @@ def tailscaled_cmdlines(host: Any) -> list[list[str]]:
     found = []
     for line in out.splitlines():
         argv = line.split("\x1f")
-        # The program itself, wherever it is in argv: qemu-user runs ARM programs as `qemu-arm-static PROG ARGS`,
-        # the stand-in runs as `sh PROG ARGS`; wrapper scripts (tailscaled.run) only mention the name.
+        # The program itself, wherever it is in argv: qemu-user runs ARM programs as `qemu-arm-static PROG ARGS`;
+        # wrapper scripts (tailscaled.run) only mention the name.
         starts = [i for i, arg in enumerate(argv) if arg.rsplit("/", 1)[-1] == "tailscaled"]
         if starts:
             found.append(argv[starts[0] :])
@@ -195,6 +195,27 @@ def test_logged_in(host: Any, profile: dict[str, Any]) -> None:
 
 @present_only
 @needs_role("login")
+def test_node_online_in_the_lab_control_server(host: Any, profile: dict[str, Any]) -> None:
+    """The lab's headscale lists the node online, under the device's hostname, tagged for its profile."""
+    if not profile["started"]:
+        pytest.skip("a firmware rootfs starts nothing: it joins on its first boot")
+    fleetlab = lab_fleetlab(host)
+    if fleetlab is None:
+        pytest.skip("the control server's node list is read through the lab (fleetlab control nodes)")
+    me = status(host, profile)["Self"]
+    ips = set(me["TailscaleIPs"])
+    listing = subprocess.run([fleetlab, "control", "nodes"], capture_output=True, text=True, check=True).stdout
+    rows = [line.split("\t") for line in listing.splitlines()]
+    mine = [row for row in rows if len(row) >= 5 and set(row[2].split(",")) == ips]
+    assert len(mine) == 1, f"no node with {sorted(ips)} in the control server: {listing}"
+    _node_id, name, _addrs, online, tags = mine[0][:5]
+    assert online == "online"
+    assert name == me["HostName"]
+    assert f"tag:fleetmesh-{profile['name']}" in tags.split(",")
+
+
+@present_only
+@needs_role("login")
 def test_prefs_as_declared(host: Any, profile: dict[str, Any]) -> None:
     if not profile["started"]:
         pytest.skip("a firmware rootfs starts nothing: prefs are set on its first boot")
@@ -212,6 +233,9 @@ def test_routes_advertised_with_forwarding_per_family(host: Any, profile: dict[s
     prefs = json.loads(host.check_output(f"{profile['bin_dir']}/tailscale debug prefs"))
     assert sorted(prefs["AdvertiseRoutes"]) == sorted(profile["routes"])
     families = {"ipv6" if ":" in route else "ipv4" for route in profile["routes"]}
+    if any("--tun=userspace-networking" in argv for argv in tailscaled_cmdlines(host)):
+        # Userspace networking: tailscaled's netstack forwards the routes itself, the kernel does not forward.
+        families = set()
     for family, sysctl in (("ipv4", "ipv4/ip_forward"), ("ipv6", "ipv6/conf/all/forwarding")):
         if family in families:
             assert host.file(f"/proc/sys/net/{sysctl}").content_string.strip() == "1", f"{family} forwarding is off"
