@@ -154,9 +154,9 @@ def provisioned(
         status = ts_status(name)
         assert status.get("BackendState") == "Running", status
         ips = status["Self"]["TailscaleIPs"]
-        ipv4 = next(ip for ip in ips if "." in ip)
-        ipv6 = next(ip for ip in ips if ":" in ip)
-        node_id = next(int(n["id"]) for n in control.nodes() if ipv4 in (n.get("ip_addresses") or []))
+        ipv4 = [ip for ip in ips if "." in ip][0]
+        ipv6 = [ip for ip in ips if ":" in ip][0]
+        node_id = [int(n["id"]) for n in control.nodes() if ipv4 in (n.get("ip_addresses") or [])][0]
         yield Node(name, work, ipv4, ipv6, node_id, device, mirror)
     finally:
         stop_sessions(work / "cp")

@@ -24,6 +24,7 @@ started=()
 mirror_started=false
 control_started=false
 adb_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+adb_pid=
 
 teardown() {
     local rc=$?
@@ -35,6 +36,9 @@ teardown() {
         return
     fi
     echo "=== demo: tearing down what it started"
+    # The demo's own adb server (started below as its child), by pid: `adb kill-server` can hang on a server that
+    # still holds a transport to a device being torn down.
+    if [ -n "$adb_pid" ]; then kill "$adb_pid" 2>/dev/null || true; wait "$adb_pid" 2>/dev/null || true; fi
     for name in "${started[@]}"; do fleetlab down "$name" || true; done
     if $mirror_started; then fleetlab mirror stop || true; fi
     if $control_started; then fleetlab control down || true; fi
@@ -48,7 +52,6 @@ teardown() {
         "ssh: $work/cp/"*) kill "${p#/proc/}" 2>/dev/null || true ;;
         esac
     done
-    if [ -e "$work/demo_vars.yml" ]; then adb -P "$adb_port" kill-server 2>/dev/null || true; fi
     rm -rf "$work"
     exit $rc
 }
@@ -95,6 +98,10 @@ for entry in "${fleet[@]}"; do
 done
 # The LAN behind the QuecOpen module: a host at 192.168.225.2 on the module's bridge0 (192.168.225.1), as in its guide.
 fleetlab lan demo-quec --cidr 192.168.225.0/24 | sed 's/^/    /'
+
+# A private adb server for the QuecOpen module (a user's server on 5037 is left alone), stopped by pid at teardown.
+adb -P "$adb_port" nodaemon server >"$work/adb-server.log" 2>&1 &
+adb_pid=$!
 
 inventory=$work/inventory.yml
 fleetlab inventory "${names[@]}" >"$inventory"
