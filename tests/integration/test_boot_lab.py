@@ -101,9 +101,10 @@ def daemon_cmdline(device: Any) -> list[str]:
     else:
         pid = "$(cat /var/run/tailscaled.pid)"
     words = sh(device, f"tr '\\0' '\\n' < /proc/{pid}/cmdline").split("\n")
-    for i, word in enumerate(words):
-        if word.endswith("/tailscaled"):
-            return [w for w in words[i + 1 :] if w]
+    # qemu-user's binfmt handler runs an ARM program as `qemu PROG PROG ARGS`: the flags follow the last PROG.
+    progs = [i for i, word in enumerate(words) if word.endswith("/tailscaled") and not word.startswith("-")]
+    if progs:
+        return [w for w in words[progs[-1] + 1 :] if w]
     raise AssertionError(f"no tailscaled in {words}")
 
 
@@ -112,6 +113,11 @@ def node_key(device: Any) -> str:
         if '"PublicKey"' in line:
             return line.split('"')[3]
     raise AssertionError("no node key in tailscale status")
+
+
+def running(device: Any) -> bool:
+    """Backend Running: only then is the node key the node's (a starting daemon reports nodekey:0000...)."""
+    return '"BackendState": "Running"' in sh(device, "tailscale status --json")
 
 
 def wait_for(check: Any, timeout: float = 20) -> bool:
@@ -147,7 +153,7 @@ def test_sysvinit_provision_reboot_and_uninstall(sysvinit: Any, work: Path, mirr
     assert checked.rc == 0 and checked.changed == 0, checked.output[-3000:]
 
     lab.reboot(sysvinit.name)
-    assert wait_for(lambda: '"PublicKey"' in sh(sysvinit, "tailscale status --json"))
+    assert wait_for(lambda: running(sysvinit), 60)
     assert daemon_cmdline(sysvinit) == flags
     assert node_key(sysvinit) == key
 
@@ -189,16 +195,16 @@ def test_kobo_udev_boot_wifi_and_storage_mount(kobo: Any, work: Path, mirror: st
 
     # Boot: the lab fires udev's loop0 add; the hook escapes udev's kill with setsid.
     lab.reboot(kobo.name)
-    assert wait_for(lambda: '"PublicKey"' in sh(kobo, "tailscale status --json"))
+    assert wait_for(lambda: running(kobo), 60)
     assert daemon_cmdline(kobo) == flags
     assert node_key(kobo) == key
     assert "started tailscaled" in sh(kobo, f"cat {KOBO_STATE}/logs/boot.log")
 
     # Wi-Fi hooks: wlan0 remove -> tailscale down, add -> tailscale up.
     lab.wifi(kobo.name, "down")
-    assert wait_for(lambda: '"BackendState": "Stopped"' in sh(kobo, "tailscale status --json"))
+    assert wait_for(lambda: '"BackendState": "Stopped"' in sh(kobo, "tailscale status --json"), 60)
     lab.wifi(kobo.name, "up")
-    assert wait_for(lambda: '"BackendState": "Running"' in sh(kobo, "tailscale status --json"))
+    assert wait_for(lambda: running(kobo), 60)
 
     # Storage mounted late: the boot hook waits for it, then starts tailscaled.
     hide = "mkdir -p /tmp/hold; mount --move /mnt/onboard /tmp/hold"
@@ -208,7 +214,7 @@ def test_kobo_udev_boot_wifi_and_storage_mount(kobo: Any, work: Path, mirror: st
     assert f"waiting up to {MOUNT_TIMEOUT}s for /mnt/onboard" in sh(kobo, f"cat {EARLY_LOG}")
     assert "not running" in sh(kobo, f"{KOBO_BOOT}/tailscaled.ctl status")
     sh(kobo, "mount --move /tmp/hold /mnt/onboard")
-    assert wait_for(lambda: '"PublicKey"' in sh(kobo, "tailscale status --json"), MOUNT_TIMEOUT + 10)
+    assert wait_for(lambda: running(kobo), MOUNT_TIMEOUT + 60)
     assert node_key(kobo) == key
 
     # Storage never mounted: the hook gives up after the timeout and says why; nothing runs.
@@ -261,7 +267,7 @@ def test_quecopen_readonly_root_over_adb(quecopen: Any, work: Path, mirror: str)
 
     lab.reboot(quecopen.name)
     # rc5.d/S99tailscaled runs at boot; the tun node the lab leaves out is made by the networking boot commands.
-    assert wait_for(lambda: '"PublicKey"' in sh(quecopen, "tailscale status --json"))
+    assert wait_for(lambda: running(quecopen), 60)
     assert daemon_cmdline(quecopen) == flags
     assert node_key(quecopen) == key
 
@@ -286,6 +292,7 @@ def test_systemd_unit_reboot_and_uninstall(systemd: Any, work: Path, mirror: str
 
     lab.reboot(systemd.name)
     assert wait_for(lambda: sh(systemd, "systemctl is-active tailscaled").strip() == "active", 40)
+    assert wait_for(lambda: running(systemd), 60)
     assert daemon_cmdline(systemd) == flags
     assert node_key(systemd) == key
 
@@ -336,7 +343,7 @@ def test_rootfs_tree_boots_in_a_lab_device(sysvinit: Any, tmp_path: Path) -> Non
     assert unpack.returncode == 0, unpack.stderr
 
     lab.reboot(sysvinit.name)
-    assert wait_for(lambda: '"PublicKey"' in sh(sysvinit, "tailscale status --json"))
+    assert wait_for(lambda: running(sysvinit), 60)
     flags = daemon_cmdline(sysvinit)
     assert flags[:2] == ["--statedir=/usrdata/tailscale/state", "--state=/usrdata/tailscale/state/tailscaled.state"]
     assert "--tun=userspace-networking" in flags

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -9,11 +10,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
-from fleetlab.standin.release import tarball_bytes
-from repo_checkout import ansible_env, copy_checkout
+from repo_checkout import REPO, ansible_env, copy_checkout
 
 pytestmark = pytest.mark.slow
+
+# The release site.yml installs by default (binary_version); the staged tree is named after it.
+VERSION = yaml.safe_load((REPO / "roles/binary/defaults/main.yml").read_text())["binary_version"]
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -22,10 +26,35 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedP
     return proc
 
 
+def release_tarball(path: Path, version: str, arch: str) -> None:
+    """A release tarball in the official layout (tailscale_<v>_<arch>/{tailscale,tailscaled,systemd/...}) whose
+    programs are placeholder text: a fixture, not an imitation of Tailscale. Staging a rootfs runs nothing it
+    installs, so no real (Go-built) binary is needed here."""
+    top = f"tailscale_{version}_{arch}"
+    members: list[tuple[str, bytes | None, int]] = [
+        (f"{top}/", None, 0o755),
+        (f"{top}/tailscaled", b"placeholder tailscaled\n", 0o755),
+        (f"{top}/tailscale", b"placeholder tailscale\n", 0o755),
+        (f"{top}/systemd/", None, 0o755),
+        (f"{top}/systemd/tailscaled.service", b"[Service]\n", 0o644),
+        (f"{top}/systemd/tailscaled.defaults", b"PORT=41641\n", 0o644),
+    ]
+    with tarfile.open(path, mode="w:gz") as tar:
+        for name, data, mode in members:
+            info = tarfile.TarInfo(name)
+            info.mode = mode
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
 def local_inventory(tmp_path: Path, group: str) -> Path:
-    """The local rootfs-staging host, staging into tmp_path/image from a stand-in release tarball (no network)."""
-    tarball = tmp_path / "tailscale_1.82.0_arm.tgz"
-    tarball.write_bytes(tarball_bytes("1.82.0", "arm"))
+    """The local rootfs-staging host, staging into tmp_path/image from a local release tarball (no network)."""
+    tarball = tmp_path / f"tailscale_{VERSION}_arm.tgz"
+    release_tarball(tarball, VERSION, "arm")
     inventory = tmp_path / "inventory.yml"
     host = {
         "ansible_connection": "local",
@@ -56,9 +85,9 @@ STAGED = {
     "/usr/bin/tailscale": "-> /usr/lib/tailscale/current/tailscale",
     "/usr/bin/tailscaled": "-> /usr/lib/tailscale/current/tailscaled",
     "/usr/lib/tailscale/.fleetmesh-binary.manifest": "0o644",
-    "/usr/lib/tailscale/1.82.0/tailscale": "0o755",
-    "/usr/lib/tailscale/1.82.0/tailscaled": "0o755",
-    "/usr/lib/tailscale/current": "-> /usr/lib/tailscale/1.82.0",
+    f"/usr/lib/tailscale/{VERSION}/tailscale": "0o755",
+    f"/usr/lib/tailscale/{VERSION}/tailscaled": "0o755",
+    "/usr/lib/tailscale/current": f"-> /usr/lib/tailscale/{VERSION}",
     "/usr/lib/tailscale/boot/.fleetmesh-boot.manifest": "0o644",
     "/usr/lib/tailscale/boot/tailscaled.defaults": "0o644",
     "/usr/lib/tailscale/boot/tailscaled.init": "0o755",
@@ -173,4 +202,4 @@ def test_built_artifact_installs_and_runs_by_fqcn(tmp_path: Path) -> None:
         env=ansible_env(home, ANSIBLE_COLLECTIONS_PATH=str(collections)),
     )
     assert "target: profile rootfs" in proc.stdout
-    assert (tmp_path / "image" / "usr" / "lib" / "tailscale" / "1.82.0" / "tailscaled").is_file()
+    assert (tmp_path / "image" / "usr" / "lib" / "tailscale" / VERSION / "tailscaled").is_file()

@@ -259,7 +259,8 @@ def test_reboot_keeps_daemon_and_node_identity(host: Any, profile: dict[str, Any
     assert len(tailscaled_cmdlines(host)) == 1, "tailscaled did not come back after the reboot"
     while time.monotonic() < deadline:
         after = host.run(f"{profile['bin_dir']}/tailscale status --json")
-        if after.rc == 0 and json.loads(after.stdout)["BackendState"] != "NoState":
+        # Only a Running backend reports the node's key (a starting daemon says nodekey:0000...).
+        if after.rc == 0 and json.loads(after.stdout)["BackendState"] == "Running":
             break
         time.sleep(1)
     assert json.loads(after.stdout)["Self"]["PublicKey"] == before

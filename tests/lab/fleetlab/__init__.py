@@ -1,1 +1,1 @@
-"""fleetlab: the fleetmesh.tailscale test lab (simulated devices, Tailscale stand-in release, mirror)."""
+"""fleetlab: the fleetmesh.tailscale test lab (simulated devices, real Tailscale builds and their mirror, headscale)."""

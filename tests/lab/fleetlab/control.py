@@ -7,7 +7,8 @@ control.nodes()                                      # `headscale nodes list -o 
 control.down()
 
 Both run in a netns of their own, `fleetlab-ctl`, attached to the lab bridge like a device (veth host side
-`flv-ctl`) at the fixed lab address 198.18.0.2/15 (devices use .10 up, the bridge/host is .1):
+`flv-ctl`) at the fixed lab address 198.18.0.2/15 (devices use .10 up, the bridge/host is .1), with no default
+route like a device's (netns.create_device_net): neither needs one, all their clients are on the lab subnet:
 
 - headscale on http://198.18.0.2:8080 (plain HTTP: the clients accept it for a private address with an explicit
   port), sqlite, noise key, policy, DERP map, unix socket and logs all in /run/fleetlab/control/;

@@ -326,7 +326,7 @@ def down_all() -> None:
             subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)
     _unmount_under(RUN_DIR)
     netns.remove_bridge()
-    (RUN_DIR / "authkey").unlink(missing_ok=True)  # the inventory's stand-in key lives as long as the lab
+    (RUN_DIR / "authkey").unlink(missing_ok=True)  # the inventory's headscale keys die with the control plane
 
 
 # --------------------------------------------------------------------------------------------------- exec and events
@@ -468,7 +468,7 @@ def unshape(name: str) -> None:
 
 
 def mirror(action: str) -> None:
-    """Start or stop the release mirror on 198.18.0.1:8080 (fleetlab/mirror.py, owned by the stand-in work)."""
+    """Start or stop the release mirror on 198.18.0.1:8080 (fleetlab/mirror.py: the real releases it builds)."""
     require_root()
     module = _optional_module("mirror", "the release mirror")
     if action == "start":

@@ -3,7 +3,7 @@
     python -m fleetlab.mirror --dir DIR --listen 198.18.0.1:8080 [--build] [--stats-file PATH]
 
 Serves DIR/<track>/<file> as /<track>/<file>, and /<track>/?mode=json (any os=) from DIR/<track>/index.json
-(written by fleetlab.tailscale_release for the real builds the lab serves, or by fleetlab.standin.release).
+(written by fleetlab.tailscale_release, which builds the real releases the lab serves).
 GET /_fleetlab/stats returns the request counts per path as JSON and
 POST /_fleetlab/stats/reset zeroes them, so tests can assert "no download on the second run".
 """

@@ -2,6 +2,11 @@
 
 Only interfaces and namespaces whose names the lab chose are created or deleted here; no host sysctl, route or
 foreign interface is touched. The host route to 198.18.0.0/15 is the kernel's own for the bridge address.
+
+Nothing leaves the lab: a device's netns (and the control plane's) has no default route, only the connected
+198.18.0.0/15 of eth0, so a packet for any other address fails in the device (`ip route get 192.0.2.1`: "Network
+is unreachable") instead of reaching the host. Real tailscaled 1.98.10 needs none in the lab: its control server,
+DERP relay and peers are all on that subnet (docs/lab.md, "Nothing leaves the lab").
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ def remove_bridge() -> None:
 
 
 def create_device_net(netns: str, veth_host: str, address: str) -> None:
-    """Netns with eth0 (address/15, default route via the bridge address) and lo up; host end on the bridge."""
+    """Netns with eth0 (address/15, no default route: only the lab subnet is reachable) and lo up; host end on the
+    bridge."""
     ensure_bridge()
     _ip("netns", "add", netns)
     try:
@@ -54,7 +60,6 @@ def create_device_net(netns: str, veth_host: str, address: str) -> None:
         _ip("-n", netns, "addr", "add", f"{address}/{SUBNET.prefixlen}", "dev", "eth0")
         _ip("-n", netns, "link", "set", "lo", "up")
         _ip("-n", netns, "link", "set", "eth0", "up")
-        _ip("-n", netns, "route", "add", "default", "via", str(GATEWAY))
     except LabError:
         remove_device_net(netns, veth_host)
         raise
