@@ -184,7 +184,7 @@ class ActionModule(ActionBase):
             )
         except PrefsError as exc:
             raise AnsibleActionFail(str(exc)) from None
-        before = {"backend_state": the_plan.backend_state, **managed_view(prefs, wanted)}
+        before = {"backend_state": the_plan.backend_state, **managed_view(status, prefs, wanted)}
         result.update(
             changed=the_plan.changed or config_changed,
             command=the_plan.verb,
@@ -215,8 +215,8 @@ class ActionModule(ActionBase):
             self._apply_detached(cli, the_plan, args, key)
             result["detached"] = True
             result.setdefault("warnings", []).append(
-                f"tailscale {the_plan.verb} runs detached on the device (nohup) because it cuts this connection; "
-                "the next run verifies the result"
+                f"tailscale {the_plan.verb} runs detached on the device (ignoring SIGHUP) because it cuts this "
+                "connection; the next run verifies the result"
             )
             return result
         status2, prefs2, out, rc = self._apply(cli, the_plan, args, key)
@@ -224,7 +224,7 @@ class ActionModule(ActionBase):
         result.update(backend_state=state2, output=out)
         if args["mode"] == "config":
             result["login_pending"] = state2 == "NeedsLogin"
-        after = {"backend_state": state2, **managed_view(prefs2, wanted)}
+        after = {"backend_state": state2, **managed_view(status2, prefs2, wanted)}
         if self._task.diff:
             result["diff"] = {"before": before, "after": after}
         result["machine_auth_pending"] = state2 == "NeedsMachineAuth"
@@ -233,6 +233,16 @@ class ActionModule(ActionBase):
         # The truth after the change must match: a CLI that silently ignored a flag is a failure, not "changed".
         again = plan(status2, prefs2, wanted, timeout="0s", have_key=True)
         if again.changed and not result["machine_auth_pending"]:
+            tags = again.changes.get("advertise-tags")
+            if tags is not None and set(again.changes) == {"advertise-tags"}:
+                # The tags are the control server's decision: the request went out and was not granted.
+                raise AnsibleActionFail(
+                    f"after tailscale {the_plan.verb} the control server gave the node the tags {tags['before']}, "
+                    f"not {tags['after']}: the server decides a node's tags (headscale keeps the tags of the "
+                    "pre-auth key a node registered with, whatever it asks; change them there, `headscale nodes "
+                    "tag`); leave advertise_tags unset to take the server's tags",
+                    result=result,
+                )
             raise AnsibleActionFail(
                 f"after tailscale {the_plan.verb} the node still differs ({again.reason}): {again.changes}",
                 result=result,
@@ -300,13 +310,20 @@ class ActionModule(ActionBase):
         return status, prefs, out, int(sections.get("rc", "1").strip() or 1)
 
     def _apply_detached(self, cli: str, the_plan: Plan, args: dict[str, t.Any], key: str | None) -> None:
-        """Start the command under nohup in its own background shell, which also removes the key file afterwards."""
+        """Start the command in a background shell that ignores SIGHUP and removes the key file afterwards.
+
+        Not `nohup`: busybox builds often lack that applet (Debian's busybox-static has none), and then the command
+        never ran while the key stayed on the device. A signal ignored at exec stays ignored (and cannot be trapped
+        again by a non-interactive sh), so `trap '' HUP; exec sh -c ...` is nohup with nothing but the shell.
+        """
         if key is None:
             raise AnsibleActionFail("internal: a login was planned without an auth key")
         key_dir = self._push_key(key, str(args["key_dir"]))
         argv = [a.replace(AUTH_KEY_PLACEHOLDER, f"{key_dir}/key") for a in the_plan.args]
         inner = f"{cli} {' '.join(sh_quote(a) for a in argv)}; rm -rf {sh_quote(key_dir)}"
-        started = run_script(self, f"nohup sh -c {sh_quote(inner)} </dev/null >/dev/null 2>&1 &\necho started", "up")
+        started = run_script(
+            self, f"(trap '' HUP; exec sh -c {sh_quote(inner)}) </dev/null >/dev/null 2>&1 &\necho started", "up"
+        )
         if "started" not in started.stdout:
             run_script(self, f"rm -rf {sh_quote(key_dir)}", "tailscale_prefs (key cleanup)")
             raise AnsibleActionFail("could not start the detached tailscale up")

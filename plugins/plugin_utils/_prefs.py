@@ -10,8 +10,14 @@ Pure logic of the tailscale_prefs action: compare the node's truth (`tailscale s
 - `tailscale up` with the auth key, only when the node needs login, or when the login server or the advertised tags
   must change (the flags `set` does not have). `up` then mentions every managed flag and every other non-default
   pref the node has, so Tailscale's "requires mentioning all non-default flags" check passes without `--reset`
-  (which would silently drop prefs this collection does not manage); a login-server change on a logged-in node
-  adds `--force-reauth`, as `cmd/tailscale/cli/up.go` demands.
+  (which would silently drop prefs this collection does not manage). A login-server change on a logged-in node
+  adds `--force-reauth`, as `cmd/tailscale/cli/up.go` demands; so does a tag change: without it the node keeps its
+  node key and the server takes the register request for a refresh of the existing login (headscale v0.29:
+  "Existing node re-registering with same NodeKey", nothing re-evaluated).
+
+The node's tags are the ones the control server gave it (`Self.Tags` in `tailscale status --json`), not the
+`AdvertiseTags` pref, which is only a request: headscale gives a node registered with a pre-auth key the key's tags
+(it refuses `--advertise-tags` at that first registration and ignores it on a re-authentication).
 
 Also validates subnet routes (netaddr) and renders tailscaled's declarative `--config` file (version alpha0).
 No I/O here: everything is unit-tested on recorded JSON.
@@ -153,6 +159,26 @@ def current_flags(prefs: dict[str, t.Any]) -> dict[str, t.Any]:
     }
 
 
+def node_tags(status: dict[str, t.Any]) -> list[str] | None:
+    """The ACL tags the control server gave a logged-in node (`Self.Tags`, absent when it has none); None when the
+    node has no login, so there is nothing the server decided yet."""
+    if str(status.get("BackendState") or "") in LOGIN_STATES:
+        return None
+    node = status.get("Self")
+    if not isinstance(node, dict):
+        return None
+    return sorted(str(tag) for tag in node.get("Tags") or [])
+
+
+def truth_flags(status: dict[str, t.Any], prefs: dict[str, t.Any]) -> dict[str, t.Any]:
+    """What the node has, in flag terms: the prefs, except the tags, which are what the control server granted."""
+    truth = current_flags(prefs)
+    tags = node_tags(status)
+    if tags is not None:
+        truth["advertise-tags"] = tags
+    return truth
+
+
 def desired_flags(options: dict[str, t.Any]) -> dict[str, t.Any]:
     """Managed flags from the module options; an option left at None is not managed (left alone)."""
     wanted: dict[str, t.Any] = {}
@@ -225,11 +251,13 @@ def plan(
 ) -> Plan:
     """Decide the least command; raises PrefsError when login is needed but impossible."""
     state = str(status.get("BackendState") or "")
+    # `current` is what the CLI's up checker compares with (the prefs); `truth` decides what must change.
     current = current_flags(prefs)
+    truth = truth_flags(status, prefs)
     changes = {
-        flag: {"before": current[flag], "after": value}
+        flag: {"before": truth[flag], "after": value}
         for flag, value in wanted.items()
-        if not _equal(flag, current[flag], value)
+        if not _equal(flag, truth[flag], value)
     }
     needs_login = state in LOGIN_STATES or bool(prefs.get("LoggedOut"))
     up_only = sorted(set(changes) & UP_ONLY)
@@ -256,7 +284,9 @@ def plan(
     args = ["up", *(fmt_flag(f, merged[f]) for f in mention)]
     if reauth:
         args.append(f"--auth-key=file:{AUTH_KEY_PLACEHOLDER}")
-    if not needs_login and "login-server" in changes:
+    if not needs_login and up_only:
+        # A logged-in node re-authenticates only with --force-reauth: a plain `up --auth-key` keeps the node key,
+        # and the server takes it for a refresh of the login it has (nor re-evaluates the tags).
         args.append("--force-reauth")
     if reset:
         args.append("--reset")
@@ -265,10 +295,10 @@ def plan(
     return Plan("up", args, changes, reason, reauth, state)
 
 
-def managed_view(prefs: dict[str, t.Any], wanted: dict[str, t.Any]) -> dict[str, t.Any]:
+def managed_view(status: dict[str, t.Any], prefs: dict[str, t.Any], wanted: dict[str, t.Any]) -> dict[str, t.Any]:
     """The managed prefs as flags, for diff mode (only what the task manages, so the diff stays readable)."""
-    current = current_flags(prefs)
-    return {flag: current[flag] for flag in sorted(wanted)}
+    truth = truth_flags(status, prefs)
+    return {flag: truth[flag] for flag in sorted(wanted)}
 
 
 def render_config(options: dict[str, t.Any], auth_key_path: str | None = None) -> str:
@@ -279,10 +309,13 @@ def render_config(options: dict[str, t.Any], auth_key_path: str | None = None) -
         conf["ServerURL"] = wanted["login-server"]
     if auth_key_path:
         conf["AuthKey"] = f"file:{auth_key_path}"
+    # The JSON names of ipn.ConfigVAlpha (tailscale.com/ipn/conf.go): those two are tagged camelCase. The daemon's
+    # encoding/json decoder would take "AcceptDNS" too (it folds case); a case-sensitive one would reject it, as
+    # unknown fields are refused (conffile.Load: DisallowUnknownFields).
     simple = {
         "hostname": "Hostname",
-        "accept-dns": "AcceptDNS",
-        "accept-routes": "AcceptRoutes",
+        "accept-dns": "acceptDNS",
+        "accept-routes": "acceptRoutes",
         "ssh": "RunSSHServer",
         "shields-up": "ShieldsUp",
         "netfilter-mode": "NetfilterMode",

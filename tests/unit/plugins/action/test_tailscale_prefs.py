@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 import typing as t
 from pathlib import Path
 from unittest import mock
@@ -39,9 +42,13 @@ class FakeDevice:
         self.up_rc = 0
         self.up_out = ""
         self.break_apply = False
+        self.tags: list[str] | None = None  # Self.Tags in the status (what the control server granted)
 
     def truth(self) -> str:
-        status = json.dumps({"BackendState": self.state})
+        status = {"BackendState": self.state}
+        if self.tags is not None:
+            status["Self"] = {"PublicKey": "nodekey:00", "Tags": self.tags}
+        status = json.dumps(status)
         return f"@@status\n{status}\n@@status_rc\n0\n@@prefs\n{json.dumps(self.prefs)}\n@@end\n"
 
     def execute(self, cmd: str, sudoable: bool = False, executable: str | None = None) -> dict[str, t.Any]:
@@ -49,7 +56,7 @@ class FakeDevice:
         self.scripts.append(cmd)
         if cmd.startswith("umask 077; mktemp -d"):
             return {"rc": 0, "stdout": KEY_DIR + "\n", "stderr": ""}
-        if cmd.startswith("nohup sh -c"):
+        if cmd.startswith("(trap '' HUP; exec sh -c"):
             return {"rc": 0, "stdout": "started\n", "stderr": ""}
         if cmd.startswith("rm -rf"):
             return {"rc": 0, "stdout": "", "stderr": ""}
@@ -140,6 +147,19 @@ def test_cli_that_ignored_a_flag_is_a_failure_not_a_change() -> None:
         run_action(device, {"hostname": "alpha"})
 
 
+def test_tags_the_control_server_did_not_grant_fail_naming_both() -> None:
+    # headscale gives a node registered with a pre-auth key the key's tags: the re-auth went out, the pref says
+    # tag:iot, but Self.Tags (the server's decision) stays the key's.
+    device = FakeDevice("Running", LOGGED_IN, after=("Running", {**LOGGED_IN, "AdvertiseTags": ["tag:iot"]}))
+    device.tags = ["tag:fleetmesh-kobo"]
+    with pytest.raises(AnsibleActionFail, match=r"gave the node the tags \['tag:fleetmesh-kobo'\], not \['tag:iot'\]"):
+        run_action(device, {"auth_key": KEY, "advertise_tags": ["tag:iot"]})
+    apply = next(s for s in device.scripts if "echo @@out" in s)
+    assert "'--advertise-tags=tag:iot'" in apply and "'--force-reauth'" in apply
+    # Tags the server did grant are no change, whatever the pref says.
+    assert run_action(device, {"auth_key": KEY, "advertise_tags": ["tag:fleetmesh-kobo"]})["changed"] is False
+
+
 def test_bad_route_fails_before_any_round_trip() -> None:
     device = FakeDevice("Running", LOGGED_IN)
     with pytest.raises(AnsibleActionFail, match="host bits set"):
@@ -168,8 +188,45 @@ def test_reauth_over_the_tailnet_is_refused_unless_allowed_then_runs_detached() 
     result = run_action(device, {**args, "allow_reauth_over_tailnet": True})
     assert result["detached"] and result["changed"]
     started = device.scripts[-1]
-    assert started.startswith("nohup sh -c ") and f"rm -rf '\"'\"'{KEY_DIR}'\"'\"'" in started
-    assert KEY not in started
+    # No nohup (busybox often lacks it): a subshell that ignores SIGHUP and execs sh, which removes the key dir.
+    assert started.startswith("(trap '' HUP; exec sh -c ") and f"rm -rf '\"'\"'{KEY_DIR}'\"'\"'" in started
+    assert "nohup" not in started and KEY not in started
+
+
+@pytest.mark.parametrize("shell", ["dash", "busybox"])
+def test_detached_command_needs_no_nohup_and_outlives_a_hangup(shell: str, tmp_path: Path) -> None:
+    # Debian's busybox-static has no nohup applet: the detached line must run with the shell alone, survive the
+    # SIGHUP of the connection's end, and remove the key dir afterwards.
+    shell_path = shutil.which(shell)
+    if shell_path is None:
+        pytest.skip(f"{shell} not installed")
+    done = tmp_path / "ran"
+    cli = tmp_path / "fake-tailscale"
+    cli.write_text(f'#!/bin/sh\nsleep 1\necho "$@" > {done}\n')
+    cli.chmod(0o755)
+    key_dir = tmp_path / "keydir"
+    key_dir.mkdir()
+    device = FakeDevice("Running", LOGGED_IN)
+    args = {"auth_key": KEY, "advertise_tags": ["tag:iot"], "connection_address": "100.101.102.103"}
+    run_action(device, {**args, "allow_reauth_over_tailnet": True, "tailscale": str(cli)})
+    script = device.scripts[-1].replace(KEY_DIR, str(key_dir))
+    argv = [shell_path, "sh", "-c", script] if shell == "busybox" else [shell_path, "-c", script]
+    # A PATH without nohup, as on such a device; a session of its own, as there: the hangup goes to its process
+    # group once the shell is gone.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sh", "rm", "sleep"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/bin/{tool}")
+    env = {"PATH": str(bin_dir)}
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True) as shell_proc:
+        assert shell_proc.communicate(timeout=30)[0].strip() == "started"
+    time.sleep(0.3)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(shell_proc.pid, signal.SIGHUP)  # the group this test started
+    deadline = time.monotonic() + 10
+    while not (done.exists() and not key_dir.exists()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "--advertise-tags=tag:iot" in done.read_text() and not key_dir.exists()
 
 
 def test_set_over_the_tailnet_is_fine() -> None:

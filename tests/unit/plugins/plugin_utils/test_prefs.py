@@ -101,11 +101,12 @@ def test_exit_routes_are_the_exit_node_flag_not_routes() -> None:
     assert _plan(RUNNING, prefs, {"advertise_exit_node": False}).args == ["set", "--advertise-exit-node=false"]
 
 
-def test_tag_change_uses_up_with_key_and_mentions_every_non_default_flag() -> None:
+def test_tag_change_reauths_with_key_and_force_reauth_and_mentions_every_non_default_flag() -> None:
     # ssh was turned on behind Ansible's back: unmanaged, but the up checker demands it be mentioned.
     prefs = {**RUNNING_PREFS, "RunSSH": True}
     p = _plan(RUNNING, prefs, {"advertise_tags": ["tag:iot"], "hostname": "alpha"})
     assert p.verb == "up" and p.needs_key
+    # Without --force-reauth a logged-in node keeps its key: the server never sees the auth key or new tags.
     assert p.args == [
         "up",
         "--accept-dns=false",
@@ -114,9 +115,34 @@ def test_tag_change_uses_up_with_key_and_mentions_every_non_default_flag() -> No
         "--hostname=alpha",
         "--ssh=true",
         f"--auth-key=file:{AUTH_KEY_PLACEHOLDER}",
+        "--force-reauth",
         "--timeout=30s",
     ]
-    assert "--force-reauth" not in p.args and "--reset" not in p.args
+    assert "--reset" not in p.args
+
+
+# `tailscale status --json` of a node registered with a pre-auth key tagged tag:fleetmesh-kobo (headscale gives
+# it the key's tags; the AdvertiseTags pref stays null): trimmed.
+TAGGED_RUNNING = {"BackendState": "Running", "Self": {"PublicKey": "nodekey:ab", "Tags": ["tag:fleetmesh-kobo"]}}
+
+
+def test_tags_are_the_ones_the_server_granted_not_the_pref() -> None:
+    # The node has the key's tags: nothing to do, although the AdvertiseTags pref is empty.
+    assert _plan(TAGGED_RUNNING, RUNNING_PREFS, {"advertise_tags": ["tag:fleetmesh-kobo"]}).verb == "none"
+    # The pref asked for tag:iot but the server did not grant it: the node still differs, and says from what.
+    asked = {**RUNNING_PREFS, "AdvertiseTags": ["tag:iot"]}
+    p = _plan(TAGGED_RUNNING, asked, {"advertise_tags": ["tag:iot"]})
+    assert p.verb == "up" and "--force-reauth" in p.args
+    assert p.changes == {"advertise-tags": {"before": ["tag:fleetmesh-kobo"], "after": ["tag:iot"]}}
+    # An untagged logged-in node has no Tags key: no tags.
+    untagged = {"BackendState": "Running", "Self": {"PublicKey": "nodekey:ab"}}
+    assert _plan(untagged, asked, {"advertise_tags": ["tag:iot"]}).changes["advertise-tags"]["before"] == []
+    assert _plan(untagged, RUNNING_PREFS, {"advertise_tags": []}).verb == "none"
+
+
+def test_tags_on_a_first_login_need_no_force_reauth() -> None:
+    p = _plan(NEEDS_LOGIN, FRESH_PREFS, {"advertise_tags": ["tag:iot"]})
+    assert "--advertise-tags=tag:iot" in p.args and "--force-reauth" not in p.args
 
 
 def test_login_server_change_adds_force_reauth() -> None:
@@ -194,7 +220,7 @@ def test_config_file_rendering_has_no_key_and_matches_the_options() -> None:
         "Enabled": True,
         "AuthKey": "file:/usrdata/tailscale/authkey",
         "Hostname": "q1",
-        "AcceptDNS": False,
+        "acceptDNS": False,  # the json tag of ipn.ConfigVAlpha.AcceptDNS
         "AdvertiseRoutes": ["192.168.225.0/24"],
         "DisableSNAT": True,
     }
