@@ -1,13 +1,15 @@
 """adb connection plugin benchmark (prints figures; not a test). Run as root on a machine with the lab:
 
-    /work/main/.venv/bin/python tests/benchmarks/bench_adb.py [--mib 30] [--runs 3] [--commands 30]
+    /work/main/.venv/bin/python tests/benchmarks/bench_adb.py [--payload FILE] [--runs 3] [--commands 30]
 
 Brings up a quecopen lab device (old adbd: no shell_v2, 4096-byte payloads) and one with a login prompt, drives
 them with Debian's stock adb client on a private adb server port (killed at the end), and prints, measured side by
 side in the same run (alternating, so drift hits both sides alike):
 
-- push of a MIB payload: the plugin's put_file (adb push to a temp name + sha256 on the device + rename) vs a bare
-  `adb push` of the same file to the same directory; median of N runs each, and the ratio (target <= 1.15x);
+- push of the payload (default: the real tailscaled 1.98.10 arm binary the collection installs on a QuecOpen
+  module, about 33 MiB, built by fleetlab.tailscale_release): the plugin's put_file (adb push to a temp name +
+  sha256 on the device + rename) vs a bare `adb push` of the same file to the same directory; median of N runs
+  each, and the ratio (target <= 1.15x);
 - per-command cost: the plugin's exec_command("true") (framed, real exit status, stderr apart) on one connection,
   the same with a new connection per command (what each Ansible task pays: one `adb features` more), and through
   the logged-in session of a login-prompt device, each vs a bare `adb shell true`.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -29,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fleetlab import lab
+from fleetlab import lab, tailscale_release
 
 REPO = Path(__file__).resolve().parents[2]
 PLAIN = "bench-adb1"
@@ -67,7 +70,7 @@ def _adb(port: int, serial: str, *args: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--mib", type=int, default=30)
+    parser.add_argument("--payload", type=Path, help="file to push (default: the real tailscaled, arm)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--commands", type=int, default=30)
     args = parser.parse_args()
@@ -75,8 +78,8 @@ def main() -> int:
     new_connection = _load_plugin()
     port = _free_port()
     work = Path(tempfile.mkdtemp(prefix="bench-adb-"))
-    payload = work / "payload.bin"
-    payload.write_bytes(os.urandom(args.mib * 1024 * 1024))
+    payload = args.payload or tailscale_release.binaries(tailscale_release.NEW_VERSION, "arm")["tailscaled"]
+    print(f"payload: {payload} ({payload.stat().st_size} bytes)")
     for name in (PLAIN, LOGIN):
         lab.down(name)
     plain = lab.up(PLAIN, "quecopen")
@@ -100,15 +103,15 @@ def main() -> int:
             plugin_push.append(_timed(lambda: conn.put_file(str(payload), "/usrdata/plugin.bin")))
             _adb(port, serial, "shell", "rm -f /usrdata/plugin.bin")
         bare, plug = statistics.median(bare_push), statistics.median(plugin_push)
-        mib = args.mib
-        print(f"push {mib} MiB (median of {args.runs}):")
+        mib = payload.stat().st_size / 1024 / 1024
+        print(f"push {mib:.1f} MiB (median of {args.runs}):")
         print(f"  bare adb push          {bare:6.2f} s  ({mib / bare:5.1f} MiB/s)")
         ratio = f"ratio {plug / bare:.2f}x (target <= 1.15x)"
         print(f"  plugin put_file        {plug:6.2f} s  ({mib / plug:5.1f} MiB/s)  {ratio}")
         _adb(port, serial, "push", str(payload), "/usrdata/bare.bin")
         verify = _timed(lambda: _adb(port, serial, "shell", "sha256sum /usrdata/bare.bin >/dev/null"))
         _adb(port, serial, "shell", "rm -f /usrdata/bare.bin")
-        print(f"  (bare adb shell sha256sum of the {mib} MiB file on the device: {verify:.2f} s)")
+        print(f"  (bare adb shell sha256sum of the {mib:.1f} MiB file on the device: {verify:.2f} s)")
 
         n = args.commands
         bare_cmd = [_timed(lambda: _adb(port, serial, "shell", "true")) for _i in range(n)]
@@ -137,7 +140,7 @@ def main() -> int:
         subprocess.run(["adb", "-P", str(port), "kill-server"], capture_output=True, check=False)
         for name in (PLAIN, LOGIN):
             lab.down(name)
-        payload.unlink()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

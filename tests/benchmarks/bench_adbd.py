@@ -1,11 +1,12 @@
 """Lab adbd throughput (prints figures; not a test). Run as root with Debian's adb and busybox-static installed:
 
-    /work/main/.venv/bin/python tests/benchmarks/bench_adbd.py [--mib 30] [--runs 3]
+    /work/main/.venv/bin/python tests/benchmarks/bench_adbd.py [--payload FILE] [--runs 3]
 
 Starts fleetlab.adbd on 127.0.0.1 (a port it picks) over a temporary busybox rootfs, drives it with the stock adb
-client on a private server port, and prints the best of N runs for `adb push` and `adb pull` of a MIB payload next
-to a local `cp` of the same file (the floor: same disk, no protocol). Old adbd's 4096-byte payload limit makes
-each WRTE small, so this is the figure the adb plugin's own push benchmark stands on.
+client on a private server port, and prints the best of N runs for `adb push` and `adb pull` of the payload
+(default: the real tailscaled 1.98.10 arm binary, about 33 MiB, built by fleetlab.tailscale_release) next to a
+local `cp` of the same file (the floor: same disk, no protocol). Old adbd's 4096-byte payload limit makes each
+WRTE small, so this is the figure the adb plugin's own push benchmark stands on.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from fleetlab import tailscale_release
 
 LAB_DIR = Path(__file__).resolve().parents[1] / "lab"
 
@@ -44,7 +47,7 @@ def _timed(cmd: list[str], env: dict[str, str]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mib", type=int, default=30)
+    parser.add_argument("--payload", type=Path, help="file to push and pull (default: the real tailscaled, arm)")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -54,8 +57,7 @@ def main() -> int:
         work = Path(tmp)
         root = work / "root"
         _rootfs(root)
-        payload = work / "payload.bin"
-        payload.write_bytes(bytes(range(256)) * (args.mib * 4096))
+        payload = args.payload or tailscale_release.binaries(tailscale_release.NEW_VERSION, "arm")["tailscaled"]
         log = work / "adbd.log"
         env = {**os.environ, "PYTHONPATH": str(LAB_DIR)}
         cmd = [sys.executable, "-m", "fleetlab.adbd", "--listen", "127.0.0.1:0", "--root", str(root)]
@@ -82,10 +84,11 @@ def main() -> int:
             subprocess.run(["adb", "kill-server"], check=False, capture_output=True, env=adb_env, timeout=30)
             adbd.terminate()
             adbd.wait(10)
-    mib = args.mib
-    print(f"adbd push {mib} MiB: {push:.2f} s ({mib / push:.1f} MiB/s, best of {args.runs})")
-    print(f"adbd pull {mib} MiB: {pull:.2f} s ({mib / pull:.1f} MiB/s)")
-    print(f"local cp  {mib} MiB: {copy:.3f} s ({mib / copy:.0f} MiB/s); push/cp = {push / copy:.0f}x")
+    mib = payload.stat().st_size / 1024 / 1024
+    print(f"payload: {payload} ({payload.stat().st_size} bytes)")
+    print(f"adbd push {mib:.1f} MiB: {push:.2f} s ({mib / push:.1f} MiB/s, best of {args.runs})")
+    print(f"adbd pull {mib:.1f} MiB: {pull:.2f} s ({mib / pull:.1f} MiB/s)")
+    print(f"local cp  {mib:.1f} MiB: {copy:.3f} s ({mib / copy:.0f} MiB/s); push/cp = {push / copy:.0f}x")
     return 0
 
 

@@ -6,6 +6,11 @@ Prints a table per run (wall time, per-profile commands and logins per device, c
 to --out (default: print only). Commands are the connection plugins' EXEC lines of the -vvv log (telnet, adb: EXEC;
 ssh: SSH: EXEC), logins the telnet session process's "logged in" lines (adb and ssh have no login step here). The
 devices (mol-bNN, mol-bk, mol-bq, mol-bd) and the loopback release mirror are made for the run and removed after.
+
+The inventory is `fleetlab inventory`'s (fleetlab.inventory.build): the real Tailscale 1.98.10 (tarballs of
+32-36 MB, from the loopback mirror of fleetlab.tailscale_release's builds), logged in to the lab's headscale with
+its per-profile keys; kernel mode with the iptables shim on sysvinit, userspace on the ARM devices. The control
+plane is started if needed and left running; this run's nodes are deleted from it at the end.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "integration"), str(Pa
 import yaml  # noqa: E402
 from provision_lab import RECAP_RE, release_mirror, stop_sessions  # noqa: E402
 
-from fleetlab import inventory, lab  # noqa: E402
+from fleetlab import control, inventory, lab  # noqa: E402
 from repo_checkout import REPO, ansible_env  # noqa: E402
 
 OTHERS = {"mol-bk": "kobo", "mol-bq": "quecopen", "mol-bd": "systemd"}
@@ -82,6 +87,13 @@ def table(label: str, wall: float, out: str, profiles: dict[str, str], door_of: 
     return lines
 
 
+def forget_nodes(names: set[str]) -> None:
+    """This run's nodes in the shared headscale, by the hostname they registered with (the device name)."""
+    for node in control.nodes():
+        if node.get("name") in names:
+            control.delete_node(int(node["id"]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sysvinit", type=int, default=20)
@@ -93,6 +105,8 @@ def main() -> int:
         return 2
     profiles = {f"mol-b{i:02d}": "sysvinit" for i in range(1, args.sysvinit + 1)} | OTHERS
     report: list[str] = []
+    control.up()  # idempotent; a shared control plane is left running
+    forget_nodes(set(profiles))
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         work = Path(tmp)
         (work / "home").mkdir()
@@ -112,6 +126,9 @@ def main() -> int:
                     fleetmesh_adb_control_path_dir=str(work / "cp"),
                     fleetmesh_adb_server_port=ADB_PORT,
                 )
+                # quecopen's fixed hostname (mdm9607-perf) would name its node: name it after the device.
+                for name, hv in data["all"]["children"].get("quecopen", {}).get("hosts", {}).items():
+                    hv["login_hostname"] = name
                 inv = work / "inventory.yml"
                 inv.write_text(yaml.safe_dump(data))
                 door_of = {}
@@ -131,6 +148,8 @@ def main() -> int:
             subprocess.run(["adb", "-P", str(ADB_PORT), "kill-server"], capture_output=True, check=False)
             for name in profiles:
                 lab.down(name)
+            (work / "inventory.yml").unlink(missing_ok=True)  # it holds the lab's pre-auth keys
+            forget_nodes(set(profiles))
     print("\n".join(report))
     if args.out:
         args.out.write_text("\n".join(report) + "\n")

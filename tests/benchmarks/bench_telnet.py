@@ -1,15 +1,16 @@
 """Telnet plugin benchmark (prints figures; not a test). Run as root on a machine with the lab:
 
-    /work/main/.venv/bin/python tests/benchmarks/bench_telnet.py [--profile kobo] [--mib 30] [--rate-kbit 10000]
-        [--latency-ms 30]
+    /work/main/.venv/bin/python tests/benchmarks/bench_telnet.py [--profile kobo] [--payload FILE]
+        [--rate-kbit 10000] [--latency-ms 30]
 
 A lab device sits behind the lab's link shaper (fleetlab.shaper, one-way latency and a rate cap per direction).
 The telnet door goes through one shaper; for the device-pull strategy the one-shot HTTP server is put behind a
 second shaper with the same settings, so the device's wget crosses the same kind of link. Figures:
 
-- put of a MIB payload by each strategy (http device pull, base64 through the shell) and fetch (base64 out): wall
-  time and bytes on the wire, each as a ratio to the physical limit payload/bandwidth (targets: pull <= 1.10x,
-  base64 <= 1.6x);
+- put of the payload (default: the real tailscaled 1.98.10 binary for the device's arch, what the binary role
+  uploads: about 33 MiB arm, 39 MiB amd64, built by fleetlab.tailscale_release) by each strategy (http device
+  pull, base64 through the shell) and fetch (base64 out): wall time and bytes on the wire, each as a ratio to the
+  physical limit payload/bandwidth (targets: pull <= 1.10x, base64 <= 1.6x);
 - logins on the device for a 20-task ansible-playbook run (target 1);
 - per-command round trip minus the link's own round trip (2 x latency).
 """
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fleetlab import lab
+from fleetlab import lab, tailscale_release
 from fleetlab.shaper import ShaperConfig, run_in_thread
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,7 +102,7 @@ def _play_logins(door_port: int, tasks: int) -> tuple[int, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="kobo", choices=["kobo", "sysvinit"])
-    parser.add_argument("--mib", type=int, default=30)
+    parser.add_argument("--payload", type=Path, help="file to put (default: the real tailscaled for the device)")
     parser.add_argument("--rate-kbit", type=int, default=10000)
     parser.add_argument("--latency-ms", type=int, default=30)
     args = parser.parse_args()
@@ -113,14 +114,13 @@ def main() -> int:
     web, web_stop = _shaper(("127.0.0.1", http_port), args)
     workdir = Path(tempfile.mkdtemp(prefix="bench-telnet-"))
     try:
-        payload = workdir / "payload.bin"
-        block = bytes(range(256)) * 4096
-        payload.write_bytes(block * args.mib)
+        arch = "arm" if args.profile == "kobo" else "amd64"
+        payload = args.payload or tailscale_release.binaries(tailscale_release.NEW_VERSION, arch)["tailscaled"]
         size = payload.stat().st_size
         limit = size * 8 / (args.rate_kbit * 1000)
         print(
             f"device {NAME} ({args.profile}, {device.address}) behind the shaper: {args.rate_kbit} kbit/s, "
-            f"{args.latency_ms} ms one way; payload {size} bytes; physical limit {limit:.1f} s"
+            f"{args.latency_ms} ms one way; payload {payload} ({size} bytes); physical limit {limit:.1f} s"
         )
 
         def connect() -> _shell_session.TelnetStream:
