@@ -11,7 +11,8 @@ Both run in a netns of their own, `fleetlab-ctl`, attached to the lab bridge lik
 route like a device's (netns.create_device_net): neither needs one, all their clients are on the lab subnet:
 
 - headscale on http://198.18.0.2:8080 (plain HTTP; 198.18/15 is not "private" to tailscale, so a re-dial within 2
-  minutes falls back to https on 443, docs/lab.md), sqlite, noise key, policy, DERP map, unix socket and logs all in /run/fleetlab/control/;
+  minutes falls back to https on 443, docs/lab.md), sqlite, noise key, policy, DERP map, unix socket and logs
+  all in /run/fleetlab/control/;
 - derper on https://198.18.0.2:8443 (-certmode manual with the IP as hostname: derper makes a self-signed
   certificate for it on its first start) and STUN on udp 3478, no HTTP port, no client verification. The DERP map
   headscale hands out names only this relay and pins its certificate (`CertName: sha256-raw:<hex>`), so clients
