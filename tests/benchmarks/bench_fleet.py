@@ -87,13 +87,6 @@ def table(label: str, wall: float, out: str, profiles: dict[str, str], door_of: 
     return lines
 
 
-def forget_nodes(names: set[str]) -> None:
-    """This run's nodes in the shared headscale, by the hostname they registered with (the device name)."""
-    for node in control.nodes():
-        if node.get("name") in names:
-            control.delete_node(int(node["id"]))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sysvinit", type=int, default=20)
@@ -106,7 +99,7 @@ def main() -> int:
     profiles = {f"mol-b{i:02d}": "sysvinit" for i in range(1, args.sysvinit + 1)} | OTHERS
     report: list[str] = []
     control.up()  # idempotent; a shared control plane is left running
-    forget_nodes(set(profiles))
+    control.forget(set(profiles))
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         work = Path(tmp)
         (work / "home").mkdir()
@@ -149,7 +142,7 @@ def main() -> int:
             for name in profiles:
                 lab.down(name)
             (work / "inventory.yml").unlink(missing_ok=True)  # it holds the lab's pre-auth keys
-            forget_nodes(set(profiles))
+            control.forget(set(profiles))
     print("\n".join(report))
     if args.out:
         args.out.write_text("\n".join(report) + "\n")

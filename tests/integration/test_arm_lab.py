@@ -32,7 +32,7 @@ pytestmark = [
 
 lab = pytest.importorskip("fleetlab.lab", reason="the fleetlab package (tests/lab) is not installed")
 
-from provision_lab import NEW, release_mirror, run_site, stop_sessions  # noqa: E402
+from provision_lab import NEW, run_site, stop_sessions  # noqa: E402
 
 from fleetlab import control, inventory, tailscale_release  # noqa: E402
 
@@ -70,39 +70,17 @@ def wait_for(check: Callable[[], bool], timeout: float = 180) -> bool:
     return check()
 
 
-def forget_nodes(hostname: str) -> None:
-    """Delete this test's nodes from the shared headscale (by the device's hostname, which carries our prefix)."""
-    if control.status() is None:
-        return
-    for node in control.nodes():
-        if node.get("name") == hostname:
-            control.delete_node(int(node["id"]))
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("arm-lab")
-    yield path
-    stop_sessions(path / "cp")
-
-
-@pytest.fixture(scope="module")
-def mirror(work: Path) -> Iterator[str]:
-    with release_mirror(work / "mirror") as url:
-        yield url
-
-
 @pytest.fixture(scope="module")
 def kobo(work: Path) -> Iterator[Any]:
     lab.down(KOBO)
     control.up()
-    forget_nodes(KOBO)
+    control.forget([KOBO])
     try:
         yield lab.up(KOBO, "kobo")
     finally:
         stop_sessions(work / "cp")
         lab.down(KOBO)
-        forget_nodes(KOBO)
+        control.forget([KOBO])
 
 
 def test_arm_release_from_the_device_running_in_userspace(kobo: Any, work: Path, mirror: str) -> None:

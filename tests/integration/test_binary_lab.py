@@ -25,24 +25,11 @@ pytestmark = [
 
 lab = pytest.importorskip("fleetlab.lab", reason="the fleetlab package (tests/lab) is not installed")
 
-from provision_lab import NEW, OLD, mirror_stats, release_mirror, run_site, stop_sessions  # noqa: E402
+from provision_lab import NEW, OLD, mirror_stats, run_site  # noqa: E402
 
 KOBO = "pcb-kobo"
 SV = "pcb-sv"
 STORE = "/mnt/onboard/.tailscale"
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("binary-lab")
-    yield path
-    stop_sessions(path / "cp")
-
-
-@pytest.fixture(scope="module")
-def mirror(work: Path) -> Iterator[str]:
-    with release_mirror(work / "mirror") as url:
-        yield url
 
 
 def _device(name: str, profile: str) -> Iterator[Any]:

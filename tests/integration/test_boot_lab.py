@@ -27,7 +27,7 @@ pytestmark = [
 
 lab = pytest.importorskip("fleetlab.lab", reason="the fleetlab package (tests/lab) is not installed")
 
-from provision_lab import NEW, OLD, release_mirror, run_site, stop_sessions  # noqa: E402
+from provision_lab import NEW, OLD, run_site  # noqa: E402
 
 from fleetlab import tailscale_release  # noqa: E402
 from repo_checkout import REPO, ansible_env  # noqa: E402
@@ -36,19 +36,6 @@ KOBO_BOOT = "/usr/local/fleetmesh-tailscale"
 KOBO_STATE = "/mnt/onboard/.tailscale/state"
 EARLY_LOG = "/tmp/fleetmesh-tailscale-boot.log"
 MOUNT_TIMEOUT = 4
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("boot-lab")
-    yield path
-    stop_sessions(path / "cp")
-
-
-@pytest.fixture(scope="module")
-def mirror(work: Path) -> Iterator[str]:
-    with release_mirror(work / "mirror") as url:
-        yield url
 
 
 def _device(name: str, profile: str, **kwargs: Any) -> Iterator[Any]:

@@ -44,19 +44,6 @@ MOVED_STATE_DIR = "/data/tailscale"
 NODES: set[int] = set()  # headscale nodes the module's devices were, deleted in teardown
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("identity-lab")
-    yield path
-    stop_sessions(path / "cp")
-
-
-@pytest.fixture(scope="module")
-def mirror(work: Path) -> Iterator[str]:
-    with release_mirror(work / "mirror") as url:
-        yield url
-
-
 def _device(name: str, profile: str) -> Iterator[Any]:
     lab.down(name)
     try:

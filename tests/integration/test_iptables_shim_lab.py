@@ -28,22 +28,9 @@ pytestmark = [
 
 lab = pytest.importorskip("fleetlab.lab", reason="the fleetlab package (tests/lab) is not installed")
 
-from provision_lab import release_mirror, run_site, stop_sessions  # noqa: E402
+from provision_lab import run_site  # noqa: E402
 
 KOBO = "pci-kobo"
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("shim-lab")
-    yield path
-    stop_sessions(path / "cp")
-
-
-@pytest.fixture(scope="module")
-def mirror(work: Path) -> Iterator[str]:
-    with release_mirror(work / "mirror") as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

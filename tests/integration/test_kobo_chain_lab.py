@@ -38,7 +38,7 @@ pytestmark = [
 
 lab = pytest.importorskip("fleetlab.lab", reason="the fleetlab package (tests/lab) is not installed")
 
-from provision_lab import NEW, release_mirror, run_site, stop_sessions  # noqa: E402
+from provision_lab import NEW, run_site, stop_sessions  # noqa: E402
 
 from fleetlab import control, inventory, tailscale_release  # noqa: E402
 
@@ -119,39 +119,17 @@ def headscale_node(device: Any, state: dict[str, Any]) -> dict[str, Any]:
     return found[0]
 
 
-def forget_nodes(hostname: str) -> None:
-    """Delete this test's nodes from the shared headscale (by the device's hostname, which carries our prefix)."""
-    if control.status() is None:
-        return
-    for node in control.nodes():
-        if node.get("name") == hostname:
-            control.delete_node(int(node["id"]))
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("kobo-chain")
-    yield path
-    stop_sessions(path / "cp")
-
-
-@pytest.fixture(scope="module")
-def mirror(work: Path) -> Iterator[str]:
-    with release_mirror(work / "mirror") as url:
-        yield url
-
-
 @pytest.fixture(scope="module")
 def box(work: Path) -> Iterator[Any]:
     lab.down(BOX)
     control.up()
-    forget_nodes(BOX)
+    control.forget([BOX])
     try:
         yield lab.up(BOX, "kobo", arch="amd64")
     finally:
         stop_sessions(work / "cp")
         lab.down(BOX)
-        forget_nodes(BOX)
+        control.forget([BOX])
 
 
 def test_the_box_is_a_kobo_with_an_amd64_userland(box: Any) -> None:

@@ -22,7 +22,7 @@ pytestmark = [
 
 lab = pytest.importorskip("fleetlab.lab", reason="the fleetlab package (tests/lab) is not installed")
 
-from provision_lab import release_mirror, run_site, stop_sessions  # noqa: E402
+from provision_lab import run_site  # noqa: E402
 
 from fleetlab import control  # noqa: E402
 
@@ -30,19 +30,6 @@ KOBO = "pcs-kobo"
 STATE = "/mnt/onboard/.tailscale/state"
 KOBO_BOOT = "/usr/local/fleetmesh-tailscale"  # the boot role's scripts on a kobo (udev profile)
 NODES: set[int] = set()  # headscale nodes this module's kobo was, deleted in teardown
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("state-lab")
-    yield path
-    stop_sessions(path / "cp")
-
-
-@pytest.fixture(scope="module")
-def mirror(work: Path) -> Iterator[str]:
-    with release_mirror(work / "mirror") as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -533,6 +533,17 @@ def delete_node(node_id: int) -> None:
     headscale("nodes", "delete", "--identifier", str(int(node_id)), "--force")
 
 
+def forget(hostnames: Iterable[str]) -> None:
+    """Delete the nodes registered under these hostnames (a test's or benchmark's own devices) from the shared
+    tailnet; nothing when the control plane is not running."""
+    names = set(hostnames)
+    if status() is None:
+        return
+    for node in nodes():
+        if node.get("name") in names:
+            delete_node(int(node["id"]))
+
+
 def api_key(expiration: str = "1h") -> str:
     """A new headscale API key (Bearer token for the REST API on CONTROL_URL/api/v1). A secret."""
     key = headscale("apikeys", "create", "--expiration", expiration)
