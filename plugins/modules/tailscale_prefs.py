@@ -79,7 +79,7 @@ options:
     description:
       - ACL tags (C(tag:NAME)), compared with the tags the control server granted the node (C(Self.Tags)).
       - Changing them re-authenticates with O(auth_key) and C(--force-reauth); the task fails when the server does
-        not grant them (headscale gives a node its pre-auth key's tags: leave this unset there).
+        not grant them (headscale gives a node the tags of its pre-auth key, so leave this unset there).
     type: list
     elements: str
   snat_subnet_routes:
