@@ -113,6 +113,17 @@ class Run:
     puts: int
 
 
+def wait_for(check: Any, timeout: float = 60) -> bool:
+    """Poll check() until it is true (a ValueError/KeyError, e.g. half-written JSON, counts as not yet)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with contextlib.suppress(ValueError, KeyError):
+            if check():
+                return True
+        time.sleep(0.5)
+    return bool(check())
+
+
 # Set above for loopback runs; the inventory's own values (the mirror on the bridge) do not apply here.
 LOCAL_VARS = ("binary_base_url", "iptables_shim_bundles")
 

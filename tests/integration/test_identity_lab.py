@@ -15,7 +15,6 @@ import io
 import json
 import os
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ pytestmark = [
 
 lab = pytest.importorskip("fleetlab.lab", reason="the fleetlab package (tests/lab) is not installed")
 
-from provision_lab import NEW, OLD, release_mirror, run_site, stop_sessions  # noqa: E402
+from provision_lab import NEW, OLD, release_mirror, run_site, stop_sessions, wait_for  # noqa: E402
 
 from fleetlab import control  # noqa: E402
 
@@ -74,16 +73,6 @@ def sh(name: str, script: str) -> str:
 
 def status(name: str) -> dict[str, Any]:
     return json.loads(sh(name, "tailscale status --json"))
-
-
-def wait_for(check: Any, timeout: float = 60) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with contextlib.suppress(ValueError, KeyError):
-            if check():
-                return True
-        time.sleep(0.5)
-    return bool(check())
 
 
 def identity(name: str) -> dict[str, Any]:

@@ -13,14 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._prefs import render_config
-from provision_lab import fresh_device, release_mirror, run_site
+from provision_lab import fresh_device, release_mirror, run_site, wait_for
 
 from fleetlab import control
 from fleetlab.inventory import lab_auth_key
@@ -60,16 +59,6 @@ def prefs(socket: str = "") -> dict[str, Any]:
 
 def status() -> dict[str, Any]:
     return json.loads(sh("tailscale status --json"))
-
-
-def wait_for(check: Any, timeout: float = 60) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with contextlib.suppress(ValueError, KeyError):
-            if check():
-                return True
-        time.sleep(0.5)
-    return bool(check())
 
 
 def test_config_mode_logs_a_fresh_node_in_without_the_key_in_any_file(fresh: Any, tmp_path: Path) -> None:

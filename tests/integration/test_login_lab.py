@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ pytestmark = [
 
 lab = pytest.importorskip("fleetlab.lab", reason="the fleetlab package (tests/lab) is not installed")
 
-from provision_lab import release_mirror, run_site, stop_sessions  # noqa: E402
+from provision_lab import release_mirror, run_site, stop_sessions, wait_for  # noqa: E402
 
 from fleetlab import control  # noqa: E402
 from fleetlab.inventory import lab_auth_key  # noqa: E402
@@ -51,16 +50,6 @@ def prefs() -> dict[str, Any]:
 
 def headscale_node(node_key: str) -> dict[str, Any] | None:
     return next((n for n in control.nodes() if n.get("node_key") == node_key), None)
-
-
-def wait_for(check: Any, timeout: float = 60) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with contextlib.suppress(ValueError, KeyError):
-            if check():
-                return True
-        time.sleep(0.5)
-    return bool(check())
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ pytestmark = [
 
 lab = pytest.importorskip("fleetlab.lab", reason="the fleetlab package (tests/lab) is not installed")
 
-from provision_lab import run_site  # noqa: E402
+from provision_lab import run_site, wait_for  # noqa: E402
 
 from fleetlab import control  # noqa: E402
 
@@ -51,16 +50,6 @@ def sh_name(name: str, script: str) -> str:
 
 def sh(device: Any, script: str) -> str:
     return sh_name(device.name, script)
-
-
-def wait_for(check: Any, timeout: float = 60) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with contextlib.suppress(ValueError, KeyError):
-            if check():
-                return True
-        time.sleep(0.5)
-    return bool(check())
 
 
 def status(device: Any) -> dict[str, Any]:
