@@ -17,6 +17,8 @@ import os
 import re
 import select
 import signal
+import socket
+import struct
 import subprocess
 import time
 import typing as t
@@ -74,20 +76,28 @@ def frame(command: str, token: str, tmp_dir: str | None = "/tmp") -> str:
     """Wrap a command so it runs in a known way and its exit status and stderr follow its stdout.
 
     Printed: a begin marker (anything before it is the device's greeting, such as a login prompt), the command's
-    stdout, an end marker with the exit status, then the command's stderr (kept in a temp file meanwhile; merged
-    into stdout when tmp_dir is unset or not writable). The command runs in a subshell (its own `exit` cannot skip
-    the frame) with stdin from /dev/null (no command can hang reading the pty). Markers are assembled by printf
-    from two arguments, so the command text itself (which `ps` could print) never contains one whole.
+    stdout, an end marker with the exit status, then the command's stderr. The command runs in a subshell (a
+    function whose body is a subshell: its own `exit` cannot skip the frame) with stdin from /dev/null (no command
+    can hang reading the pty). Markers are assembled by printf from two arguments, so the command text itself
+    (which `ps` could print) never contains one whole.
+
+    Round trips: old adbd sends the pty's output in WRTE messages and waits for the client's OKAY after each, so
+    every separate burst of output costs a round trip. With a writable tmp_dir the whole frame (markers, stdout,
+    stderr) is therefore collected in a temp file and sent by one `cat` at the very end: one burst, and the stream
+    closes right after it (the temp files are unlinked before that cat starts). Without one (tmp_dir unset or not
+    writable) the frame is printed as the command runs and stderr is merged into stdout.
     """
-    err = ""
-    show_err = ""
-    if tmp_dir:
-        err_file = f"{tmp_dir}/.fmadb-err-{token}"
-        err = f"FMe={err_file}; true 2>/dev/null >$FMe && exec 2>$FMe || FMe=\n"
-        show_err = '\n[ -n "$FMe" ] && { [ -s $FMe ] && cat $FMe; rm -f $FMe; }'
+    body = f"FMc() (\n{command}\n)\n"
+    begin = f"printf '%s%s\\n' __FMB_ {token}"
+    end = f"printf '\\n%s%s:%d\\n' __FME_ {token} $?"
+    stream = f"{begin}; FMc </dev/null 2>&1; {end}"
+    if not tmp_dir:
+        return body + stream
+    tmp = f"{tmp_dir}/.fmadb-{token}"
     return (
-        f"printf '%s%s\\n' __FMB_ {token}\n{err}(\n{command}\n) </dev/null\n"
-        f"FMr=$?; exec 2>&1; printf '\\n%s%s:%d\\n' __FME_ {token} $FMr{show_err}"
+        f"{body}FMt={tmp}\nif {{ {begin} >$FMt.o; }} 2>/dev/null; then "
+        f"FMc </dev/null >>$FMt.o 2>$FMt.e; {end} >>$FMt.o; [ -s $FMt.e ] && cat $FMt.e >>$FMt.o; "
+        f"exec <$FMt.o; rm -f $FMt.o $FMt.e; exec cat\nelse {stream}; fi"
     )
 
 
@@ -299,14 +309,97 @@ class AdbClient:
             raise DeviceGone(f"adb shell on {self.serial} failed: {(text or _printable(bytes(out))).strip()[-400:]}")
         return unframe(bytes(out), token)
 
+    # -- sync protocol, spoken to the adb server directly (its host protocol: SERVICES.TXT / SYNC.TXT in AOSP's
+    # packages/modules/adb). `adb push` pays two round trips more than the transfer needs: a STAT of the
+    # destination, and after QUIT a wait for the device to close the stream. Same server, same transport.
+
+    def _sync(self) -> socket.socket | None:
+        """A socket on the device's sync service (one round trip), or None when the adb server is not reachable
+        that way (ADB_SERVER_SOCKET set, no server on the port): then the adb client itself is used."""
+        if os.environ.get("ADB_SERVER_SOCKET"):
+            return None
+        port = self.server_port or int(os.environ.get("ANDROID_ADB_SERVER_PORT") or 5037)
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=self.timeout)
+        except OSError:
+            return None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for request in (f"host:transport:{self.serial}", "sync:"):
+                data = request.encode()
+                sock.sendall(b"%04x" % len(data) + data)
+                status = _recv_exact(sock, 4)
+                if status != b"OKAY":
+                    why = _recv_exact(sock, int(_recv_exact(sock, 4), 16)).decode(errors="replace")
+                    raise NotStarted(f"adb server: {why or status.decode(errors='replace')}")  # nothing sent yet
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
     def push(self, local: str, remote: str) -> None:
+        """Copy a local file to remote (a temp name: a failure before the device opened sync is NotStarted)."""
+        try:
+            sock = self._sync()
+        except (OSError, EOFError) as exc:
+            raise NotStarted(f"adb push to {remote} failed: {exc}") from None
+        if sock is None:
+            self._push_client(local, remote)
+            return
+        try:
+            with sock, open(local, "rb") as src:
+                spec = f"{remote},{os.fstat(src.fileno()).st_mode}".encode()
+                sock.settimeout(max(self.timeout, 600))
+                # One buffer per write: the adb server sends what it has read as one WRTE and waits for the
+                # device's OKAY before the next, so a SEND header written alone would cost a round trip by itself.
+                out = bytearray(b"SEND" + struct.pack("<I", len(spec)) + spec)
+                while block := src.read(SYNC_DATA_MAX):
+                    out += b"DATA" + struct.pack("<I", len(block)) + block
+                    if len(out) >= SYNC_DATA_MAX:
+                        sock.sendall(out)
+                        out.clear()
+                sock.sendall(out + b"DONE" + struct.pack("<I", int(time.time())))
+                _sync_status(sock, f"adb push to {remote}")
+                sock.sendall(b"QUIT" + struct.pack("<I", 0))  # no need to wait for the device's close
+        except (OSError, EOFError) as exc:
+            raise self._transfer_error(f"adb push to {remote} failed: {exc}") from None
+
+    def pull(self, remote: str, local: str) -> None:
+        """Copy remote to a local file (the caller's temp name)."""
+        try:
+            sock = self._sync()
+        except (OSError, EOFError) as exc:
+            raise DeviceGone(f"adb pull of {remote} failed: {exc}") from None
+        if sock is None:
+            self._pull_client(remote, local)
+            return
+        try:
+            with sock, open(local, "wb") as dst:
+                sock.settimeout(max(self.timeout, 600))
+                path = remote.encode()
+                sock.sendall(b"RECV" + struct.pack("<I", len(path)) + path)
+                while True:
+                    ident, size = struct.unpack("<4sI", _recv_exact(sock, 8))
+                    if ident == b"DONE":
+                        break
+                    if ident == b"FAIL":
+                        why = _recv_exact(sock, size).decode(errors="replace")
+                        raise AdbError(f"adb pull of {remote} failed: {why}")
+                    if ident != b"DATA" or size > SYNC_DATA_MAX:
+                        raise DeviceGone(f"adb pull of {remote}: unexpected sync reply {ident!r}")
+                    dst.write(_recv_exact(sock, size))
+                sock.sendall(b"QUIT" + struct.pack("<I", 0))
+        except (OSError, EOFError) as exc:
+            raise self._transfer_error(f"adb pull of {remote} failed: {exc}") from None
+
+    def _push_client(self, local: str, remote: str) -> None:
         proc = self.run("push", local, remote, timeout=max(self.timeout, 600))
         if proc.returncode != 0 and NOT_STARTED_RE.search(_tail(proc)):  # to a temp name: safe to push again
             raise NotStarted(f"adb push to {remote} failed: {_tail(proc)}")
         if proc.returncode != 0:
             raise self._transfer_error(f"adb push to {remote} failed: {_tail(proc)}")
 
-    def pull(self, remote: str, local: str) -> None:
+    def _pull_client(self, remote: str, local: str) -> None:
         proc = self.run("pull", remote, local, timeout=max(self.timeout, 600))
         if proc.returncode != 0:
             raise self._transfer_error(f"adb pull of {remote} failed: {_tail(proc)}")
@@ -316,6 +409,28 @@ class AdbClient:
         if self.state() != "device":
             return DeviceGone(f"{message} (the device is gone)")
         return AdbError(message)
+
+
+SYNC_DATA_MAX = 64 * 1024  # the sync protocol's largest DATA chunk
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError("the adb server closed the connection (device gone?)")
+        data += chunk
+    return bytes(data)
+
+
+def _sync_status(sock: socket.socket, what: str) -> None:
+    ident, size = struct.unpack("<4sI", _recv_exact(sock, 8))
+    if ident == b"OKAY":
+        return
+    if ident == b"FAIL":
+        raise AdbError(f"{what} failed: {_recv_exact(sock, size).decode(errors='replace')}")
+    raise DeviceGone(f"{what}: unexpected sync reply {ident!r}")
 
 
 def _tail(proc: subprocess.CompletedProcess[bytes], limit: int = 400) -> str:
@@ -340,7 +455,9 @@ class AdbShellStream:
     def __init__(self, client: AdbClient) -> None:
         try:
             self.proc = subprocess.Popen(  # pylint: disable=consider-using-with  # lives as long as the session
-                client.argv("shell"),
+                # -e none: with its ~. escape on, the client reads stdin a byte at a time, and the adb server then
+                # sends a typed command's first byte alone and the rest a round trip later.
+                client.argv("shell", "-e", "none"),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

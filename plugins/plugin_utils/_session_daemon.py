@@ -74,7 +74,11 @@ def build_session(cfg: dict[str, Any], log: Any) -> _shell_session.ShellSession:
                 raise _shell_session.ConnectError(str(err)) from None
         return _shell_session.TelnetStream(cfg["host"], cfg["port"], cfg["connect_timeout"])
 
-    return _shell_session.ShellSession(connect, login, log=log, command_timeout=cfg["command_timeout"])
+    # Old adbd acknowledges each burst of a shell's output before it sends the next: one burst per command there.
+    coalesce = cfg.get("transport") == "adb"
+    return _shell_session.ShellSession(
+        connect, login, log=log, command_timeout=cfg["command_timeout"], coalesce=coalesce
+    )
 
 
 def http_factory(session: _shell_session.ShellSession, cfg: dict[str, Any]) -> Any:

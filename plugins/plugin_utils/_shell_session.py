@@ -180,17 +180,39 @@ def assign_lines(var: str, data: bytes, max_line: int = MAX_LINE) -> list[bytes]
 
 
 def frame_command(
-    cmd: bytes, token: str, err_file: str | None, stdin_tty: bool = False, max_line: int = MAX_LINE
+    cmd: bytes,
+    token: str,
+    err_file: str | None,
+    stdin_tty: bool = False,
+    max_line: int = MAX_LINE,
+    *,
+    out_file: str | None = None,
 ) -> bytes:
-    """The typed text for one framed command: marker B, stdout, marker E + status, stderr, marker Z."""
+    """The typed text for one framed command: marker B, stdout, marker E + status, stderr, marker Z.
+
+    With out_file (and err_file), the whole frame is collected in out_file and printed by one `cat` once the
+    command has ended: one burst of output, which costs one round trip on a door that acknowledges each burst
+    (old adbd's WRTE/OKAY). Should out_file not take the frame (device temp dir full), the frame is printed as the
+    command runs instead, or finished with status 125 and a note.
+    """
     lines = assign_lines("FMC", cmd, max_line)
     stdin = "" if stdin_tty else " </dev/null"
     err = f" 2>{shell_quote(err_file)}" if err_file else " 2>&1"
     show_err = f"cat {shell_quote(err_file)} 2>/dev/null; " if err_file else ""
-    last = (
-        f"printf '%s\\n' {split_marker(token + 'B')}; ( eval \"$FMC\" ){stdin}{err}; "
-        f"printf '%s %d\\n' {split_marker(token + 'E')} $?; {show_err}printf '%s\\n' {split_marker(token + 'Z')}"
-    )
+    begin = f"printf '%s\\n' {split_marker(token + 'B')}"
+    run = f'( eval "$FMC" ){stdin}'
+    status = f"printf '%s %d\\n' {split_marker(token + 'E')} $?"
+    end = f"printf '%s\\n' {split_marker(token + 'Z')}"
+    last = f"{begin}; {run}{err}; {status}; {show_err}{end}"
+    if out_file and err_file:
+        note = "fleetmesh: the device temp dir took no more output"
+        full = f"'\\n%s\\n%s 125\\n%s\\n' '{note}' {split_marker(token + 'E')} {split_marker(token + 'Z')}"
+        last = (
+            f"FMO={shell_quote(out_file)}; FME={shell_quote(err_file)}; "
+            f'if {{ {begin}; }} >"$FMO" 2>/dev/null; then {{ {run} 2>"$FME"; {status}; [ -s "$FME" ] && cat "$FME"; '
+            f'{end}; }} >>"$FMO" 2>/dev/null && cat "$FMO" || {{ cat "$FMO"; printf {full}; }}; '
+            f"else {begin}; {run} 2>&1; {status}; {end}; fi"
+        )
     return b"\n".join([*lines, last.encode()]) + b"\n"
 
 
@@ -241,8 +263,13 @@ class ShellSession:
         login: LoginSettings,
         log: Callable[[str], None] | None = None,
         command_timeout: float = 0,
+        coalesce: bool = False,
     ) -> None:
         self._connect = connect
+        # Collect each command's frame on the device and print it in one burst (doors that pay a round trip per
+        # burst of output: an adb shell on old adbd); needs a writable temp dir.
+        self.coalesce = coalesce
+        self.out_file: str | None = None
         self.settings = login
         self.log = log or (lambda _msg: None)
         self.command_timeout = command_timeout
@@ -366,17 +393,40 @@ class ShellSession:
                 raise LoginError("the device closed the connection right after login") from None
         self.caps = Capabilities(raw_output=not m.group(1))
         del self.buf[: m.end()]
-        self.err_file = None
-        probe = self._run_framed(PROBE.encode(), deadline=time.monotonic() + self.settings.timeout)
-        found = dict(line.split("=", 1) for line in probe.stdout.decode(errors="replace").split() if "=" in line)
+        self.err_file = self.out_file = None
+        found = self._probe(time.monotonic() + self.settings.timeout)
         self.caps.tmp_dir = found.get("tmp") or None
         for name in ("base64", "uudecode", "uuencode", "sha256", "md5", "wget", "od"):
             setattr(self.caps, name, found.get(name) == "1")
         if self.caps.tmp_dir:
-            self.err_file = f"{self.caps.tmp_dir}/.fleetmesh-err-{secrets.token_hex(6)}"
+            tag = secrets.token_hex(6)
+            self.err_file = f"{self.caps.tmp_dir}/.fleetmesh-err-{tag}"
+            if self.coalesce:
+                self.out_file = f"{self.caps.tmp_dir}/.fleetmesh-out-{tag}"
         else:
             self.log("warning: no writable temp dir on the device: stderr is merged into stdout")
         self.log(f"shell ready: {self.caps}")
+
+    def _probe(self, deadline: float) -> dict[str, str]:
+        """Run PROBE with its output collected by the shell and printed in one burst (one round trip)."""
+        token = secrets.token_hex(8)
+        typed = (
+            f"FMP=$( {{\n{PROBE}\n}} </dev/null 2>/dev/null ); "
+            # One line without a newline: a tty's stdout is line-buffered, so each newline would be a burst of its own.
+            f"printf '%s ' {split_marker(token + 'B')} $FMP {split_marker(token + 'Z')}\n"
+        )
+        self._send(typed.encode())
+        frame = re.compile(re.escape(token.encode()) + rb"B (.*?)" + re.escape(token.encode()) + rb"Z ", re.S)
+        while (m := frame.search(self.buf)) is None:
+            try:
+                self._fill(deadline, "probe")
+            except TimeoutError:
+                raise LoginError(f"the shell did not run the probe within {self.settings.timeout:g}s") from None
+            except EOFError:
+                raise LoginError("the device closed the connection right after login") from None
+        text = m.group(1).decode(errors="replace")  # before the buffer (which the match refers to) shrinks
+        del self.buf[: m.end()]
+        return dict(line.split("=", 1) for line in text.split() if "=" in line)
 
     # -- commands
 
@@ -407,7 +457,7 @@ class ShellSession:
         stdin_iter: Chunker | None = None,
     ) -> Result:
         token = secrets.token_hex(8)
-        typed = frame_command(cmd, token, self.err_file, stdin_tty=stdin_iter is not None)
+        typed = frame_command(cmd, token, self.err_file, stdin_tty=stdin_iter is not None, out_file=self.out_file)
         try:
             self._send(typed)
             if stdin_iter is not None:
@@ -455,7 +505,8 @@ class ShellSession:
         if self.connected():
             try:
                 if self.err_file:
-                    self._send(f"rm -f {shell_quote(self.err_file)}; exit\n".encode())
+                    leftovers = " ".join(shell_quote(f) for f in (self.err_file, self.out_file) if f)
+                    self._send(f"rm -f {leftovers}; exit\n".encode())
                 else:
                     self._send(b"exit\n")
             except OSError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,24 @@ def test_frame_round_trip_through_real_shells(shell: str, case: tuple[str, int, 
     assert (got_rc, got_out) == (rc, out)
     assert err in got_err if err else got_err == b""
     assert list(tmp_path.iterdir()) == []  # the stderr temp file is gone
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_whole_frame_comes_in_one_burst_at_the_end(shell: str, tmp_path: Path) -> None:
+    """Old adbd waits a round trip after each burst of pty output: nothing may come before the command ends."""
+    argv = [shell, "sh", "-c"] if shell.endswith("busybox") else [shell, "-c"]
+    script = frame("echo one; sleep 0.4; echo two >&2; echo three", TOKEN, str(tmp_path))
+    proc = subprocess.Popen([*argv, script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    start = time.monotonic()
+    first = os.read(proc.stdout.fileno(), 65536)
+    waited = time.monotonic() - start
+    time.sleep(0.2)  # anything written after the first burst would be readable by now
+    rest = proc.stdout.read()
+    proc.wait(timeout=10)
+    assert waited >= 0.35
+    assert rest == b""
+    assert unframe(first, TOKEN) == (0, b"one\nthree\n", b"two\n")
 
 
 def test_stderr_merges_into_stdout_when_the_tmp_dir_is_not_writable(tmp_path: Path) -> None:
@@ -240,7 +259,7 @@ def test_plugin_exec_frames_and_passes_server_port(fake_adb: Path) -> None:
     assert conn.exec_command("echo hi; exit 3") == (3, b"hi\n", b"")  # type: ignore[attr-defined]
     log = (fake_adb / "argv.log").read_text().splitlines()
     assert log[0] == "-P 5999 -s ABC features"  # one call to check the device before the first command
-    assert log[1].startswith("-P 5999 -s ABC shell printf")
+    assert log[1].startswith("-P 5999 -s ABC shell FMc() (")
 
 
 def test_plugin_device_gone_mid_command_is_unreachable(fake_adb: Path) -> None:

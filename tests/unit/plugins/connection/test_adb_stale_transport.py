@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import sys
 from pathlib import Path
@@ -76,6 +77,12 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def connection(fake: Path, serial: str = "198.51.100.7:5555") -> object:
     conn = connection_loader.get("fleetmesh.tailscale.adb", PlayContext(), "/dev/null")
     conn.set_options(
@@ -85,6 +92,7 @@ def connection(fake: Path, serial: str = "198.51.100.7:5555") -> object:
             "control_path_dir": str(fake / "cp"),
             "tmp_dir": str(fake),
             "timeout": 10,
+            "server_port": _closed_port(),  # no adb server there: transfers go through the (fake) client
         }
     )
     return conn

@@ -6,6 +6,7 @@ shell on a real pty (so echo, `stty` and ^D behave as on a device), behind a scr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -93,11 +94,13 @@ FRAMED = [
 ]
 
 
+@pytest.mark.parametrize("coalesce", [False, True], ids=["streamed", "one-burst"])
 @pytest.mark.parametrize("shell", SHELLS)
 @pytest.mark.parametrize("case", FRAMED)
-def test_frame_round_trip_through_real_shells(shell: str, tmp_path: Path, case: tuple) -> None:
+def test_frame_round_trip_through_real_shells(shell: str, tmp_path: Path, case: tuple, coalesce: bool) -> None:
     cmd, rc, out, err = case
-    typed = ss.frame_command(cmd, TOKEN, str(tmp_path / "err"))
+    out_file = str(tmp_path / "out") if coalesce else None
+    typed = ss.frame_command(cmd, TOKEN, str(tmp_path / "err"), out_file=out_file)
     raw = subprocess.run(_argv(shell), input=typed + b"echo after\n", capture_output=True, check=False).stdout
     parsed = ss.parse_framed(raw, TOKEN)
     assert parsed is not None
@@ -108,6 +111,15 @@ def test_frame_round_trip_through_real_shells(shell: str, tmp_path: Path, case: 
     else:
         assert b"not found" in result.stderr
     assert raw[used:] == b"after\n"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_one_burst_frame_without_a_writable_out_file_is_printed_as_it_runs(shell: str, tmp_path: Path) -> None:
+    typed = ss.frame_command(b"echo out; echo err >&2; exit 3", TOKEN, str(tmp_path / "err"), out_file="/nonexistent/o")
+    raw = subprocess.run(_argv(shell), input=typed, capture_output=True, check=False).stdout
+    parsed = ss.parse_framed(raw, TOKEN)
+    assert parsed is not None
+    assert parsed[0] == ss.Result(3, b"out\nerr\n", b"")  # stderr merged, as without a temp dir
 
 
 def test_parse_recorded_stream_with_echo_and_crlf() -> None:
@@ -157,6 +169,7 @@ class PtyShell:
         )
         os.close(slave)
         self.closed = False
+        self.reads: list[tuple[float, bytes]] = []  # (when, what) of each read from the shell's pty
 
     def send(self, data: bytes) -> None:
         if self.script:
@@ -179,7 +192,9 @@ class PtyShell:
         if not select.select([self.master], [], [], timeout)[0]:
             return None
         try:
-            return os.read(self.master, 65536)
+            data = os.read(self.master, 65536)
+            self.reads.append((time.monotonic(), data))
+            return data
         except OSError:
             self.closed = True
             return b""
@@ -222,6 +237,28 @@ def test_login_with_password_then_exact_commands() -> None:
         assert session.run(b"printf 'a\\tb\\r\\nc'") == ss.Result(0, b"a\tb\r\nc", b"")
         assert session.run(b"echo " + b"z" * 4000 + b" | wc -c").stdout.strip() == b"4001"
     finally:
+        session.close()
+
+
+def test_coalesced_session_sends_each_command_in_one_burst() -> None:
+    """What the adb door uses: old adbd pays a round trip per burst of pty output, so one burst per command."""
+    stream = PtyShell(BANNER, [(b"root\r\n", b"Password: "), (b"s3cret\r\n", b"Welcome\r\n")])
+    settings = ss.LoginSettings(timeout=5.0, password="s3cret")
+    session = ss.ShellSession(lambda: stream, settings, coalesce=True)
+    try:
+        session.open()
+        assert session.out_file is not None
+        assert session.run(b"echo hi; echo oops >&2; exit 5") == ss.Result(5, b"hi\n", b"oops\n")
+        stream.reads.clear()
+        start = time.monotonic()
+        assert session.run(b"echo a; sleep 0.4; echo b >&2; echo c") == ss.Result(0, b"a\nc\n", b"b\n")
+        assert stream.reads and stream.reads[0][0] - start >= 0.35  # nothing came while the command ran
+        assert len(stream.reads) == 1
+    finally:
+        for leftover in (session.out_file, session.err_file):
+            if leftover:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
         session.close()
 
 
