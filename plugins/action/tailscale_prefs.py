@@ -7,10 +7,15 @@ plugin_utils/_prefs.py picks nothing / `tailscale set` / `tailscale up`; a secon
 the truth back. The auth key travels only as a 0600 file (the connection's put_file into a 0700 temp dir), is
 passed as `--auth-key=file:PATH` and removed in the same shell line as the command, and again from Python if that
 round trip broke. It never appears in a command line, the result, or an error (outputs are redacted).
+
+With `mint_key` (and `control`, the control server's API credential) no key comes from the play: only when the plan
+needs a login is a single-use, short-lived pre-auth key minted on the controller (plugin_utils/_control_api.py),
+used the same way, and expired through the API as soon as the command returned.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import tempfile
@@ -18,6 +23,7 @@ import typing as t
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils import _control_api
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import (
     parse_sections,
     run_script,
@@ -25,6 +31,7 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script
 )
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._prefs import (
     AUTH_KEY_PLACEHOLDER,
+    LOGIN_STATES,
     TAILNET_RANGES,
     Plan,
     PrefsError,
@@ -62,7 +69,28 @@ ARGUMENT_SPEC: dict[str, t.Any] = {
     "config_auth_key_file": {"type": "str"},
     "connection_address": {"type": "str"},
     "allow_reauth_over_tailnet": {"type": "bool", "default": False},
+    "control": {"type": "dict", "options": _control_api.CONTROL_SPEC},
+    "mint_key": {
+        "type": "dict",
+        "options": {
+            "tags": {"type": "list", "elements": "str", "default": []},
+            "expiry": {"type": "int", "default": 600},
+            "ephemeral": {"type": "bool", "default": False},
+            "description": {"type": "str", "default": "fleetmesh login"},
+        },
+    },
 }
+
+
+def self_view(status: dict[str, t.Any]) -> dict[str, t.Any]:
+    """Who the node is, as the control actions find it again: node key, tailnet addresses, hostname."""
+    me = status.get("Self") if isinstance(status.get("Self"), dict) else {}
+    return {
+        "node_key": str(me.get("PublicKey") or ""),
+        "addresses": [str(a) for a in (me.get("TailscaleIPs") or [])],
+        "hostname": str(me.get("HostName") or ""),
+        "dns_name": str(me.get("DNSName") or ""),
+    }
 
 
 def over_tailnet(address: str | None) -> bool:
@@ -140,6 +168,9 @@ class ActionModule(ActionBase):
         _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         # ansible-core 2.19 hands tagged str subclasses: plain str before they reach shell text or libraries.
         key = str(args["auth_key"]) if args.get("auth_key") else None
+        mint = args.get("mint_key")
+        if mint is not None and (key or not args.get("control")):
+            raise AnsibleActionFail("mint_key needs control (the API credential) and no auth_key")
         try:
             wanted = desired_flags(args)
         except PrefsError as exc:
@@ -148,7 +179,7 @@ class ActionModule(ActionBase):
         config_changed = False
         if args["mode"] == "config":
             result = self._config_mode(result, args)
-            if not key:
+            if not key and mint is None:
                 return result
             config_changed = bool(result["changed"])
 
@@ -165,7 +196,9 @@ class ActionModule(ActionBase):
                 result["login_pending"] = True
                 return result
             status, prefs = self._truth(sections, key)
-            if str(status.get("BackendState") or "") != "NeedsLogin":
+            # As in cli mode (LOGIN_STATES): a daemon left in NoState, e.g. by a key the server refused, needs a login
+            # too (tests/faults: key-bogus, key-expired).
+            if str(status.get("BackendState") or "") not in LOGIN_STATES:
                 result["login_pending"] = False
                 return result
         elif self._task.check_mode and sections.get("status_rc", "").strip() != "0":
@@ -178,7 +211,7 @@ class ActionModule(ActionBase):
                 prefs,
                 wanted,
                 timeout=str(args["timeout"]),
-                have_key=bool(key),
+                have_key=bool(key) or mint is not None,
                 extra_up_args=[str(a) for a in args["extra_up_args"]],
                 reset=bool(args["reset"]),
             )
@@ -192,7 +225,10 @@ class ActionModule(ActionBase):
             reason=the_plan.reason,
             changes=the_plan.changes,
             backend_state=the_plan.backend_state,
+            node=self_view(status),
         )
+        if mint is not None:
+            result["minted_key"] = None  # set below when a login needed one
         if the_plan.needs_key and over_tailnet(args.get("connection_address")):
             # A re-auth restarts the node's session: the connection this play runs over would drop mid-command.
             msg = (
@@ -211,7 +247,13 @@ class ActionModule(ActionBase):
                 result["diff"] = {"before": before, "after": after}
             return self._machine_auth(result, args)
 
+        minted = None
+        if the_plan.needs_key and mint is not None:
+            minted = self._mint(args, mint)
+            key = str(minted.pop("key"))
+            result["minted_key"] = minted
         if the_plan.needs_key and over_tailnet(args.get("connection_address")):
+            # The detached command reads the key after this task returned: a minted key expires on its own.
             self._apply_detached(cli, the_plan, args, key)
             result["detached"] = True
             result.setdefault("warnings", []).append(
@@ -219,7 +261,17 @@ class ActionModule(ActionBase):
                 "connection; the next run verifies the result"
             )
             return result
-        status2, prefs2, out, rc = self._apply(cli, the_plan, args, key)
+        try:
+            status2, prefs2, out, rc = self._apply(cli, the_plan, args, key)
+        finally:
+            if minted is not None:
+                result["minted_key"] = self._spend(args, minted)
+        result["node"] = self_view(status2)
+        if minted is not None and result["minted_key"].get("expire_error"):
+            result.setdefault("warnings", []).append(
+                f"the minted pre-auth key could not be expired ({result['minted_key']['expire_error']}); it is "
+                f"single-use and expires by itself at {minted.get('expiration')}"
+            )
         state2 = str(status2.get("BackendState") or "")
         result.update(backend_state=state2, output=out)
         if args["mode"] == "config":
@@ -248,6 +300,29 @@ class ActionModule(ActionBase):
                 result=result,
             )
         return self._machine_auth(result, args)
+
+    @staticmethod
+    def _mint(args: dict[str, t.Any], mint: dict[str, t.Any]) -> dict[str, t.Any]:
+        """A single-use pre-auth key from the control server, with the node's tags (the secret under "key")."""
+        try:
+            return _control_api.client(args["control"]).mint_key(
+                tags=[str(tag) for tag in mint["tags"]],
+                expiry_seconds=int(mint["expiry"]),
+                ephemeral=bool(mint["ephemeral"]),
+                description=str(mint["description"]),
+            )
+        except _control_api.ControlError as exc:
+            raise AnsibleActionFail(f"cannot mint a pre-auth key: {exc}") from None
+
+    @staticmethod
+    def _spend(args: dict[str, t.Any], minted: dict[str, t.Any]) -> dict[str, t.Any]:
+        """Expire the minted key now, used or not, and report what the control server says of it."""
+        api = _control_api.client(args["control"])
+        try:
+            api.expire_key(str(minted["id"]))
+            return {**minted, **api.key_state(str(minted["id"]))}
+        except _control_api.ControlError as exc:
+            return {**minted, "expire_error": str(exc)}
 
     @staticmethod
     def _not_there_yet(result: dict[str, t.Any], args: dict[str, t.Any], sections: dict[str, str]) -> dict[str, t.Any]:
@@ -379,11 +454,21 @@ class ActionModule(ActionBase):
             )
             if prep.rc != 0:
                 raise AnsibleActionFail(f"cannot write next to {path}: {prep.stdout} {prep.stderr}")
-            self._connection.put_file(local, tmp_remote)
+            try:
+                self._connection.put_file(local, tmp_remote)
+            except Exception:
+                # A full disk: no half-written temp file stays beside the config (tests/faults: full-config). A
+                # dead connection cannot clean up; the error is then the transfer's.
+                with contextlib.suppress(Exception):
+                    run_script(self, f"rm -f {sh_quote(tmp_remote)}", "config")
+                raise
         finally:
             os.unlink(local)
         done = run_script(
-            self, f"chmod 600 {sh_quote(tmp_remote)} && mv -f {sh_quote(tmp_remote)} {sh_quote(path)}", "config"
+            self,
+            f"chmod 600 {sh_quote(tmp_remote)} && mv -f {sh_quote(tmp_remote)} {sh_quote(path)}"
+            f" || {{ rc=$?; rm -f {sh_quote(tmp_remote)}; exit $rc; }}",
+            "config",
         )
         if done.rc != 0:
             raise AnsibleActionFail(f"cannot install {path}: {done.stdout} {done.stderr}")

@@ -117,7 +117,49 @@ options:
         CLI (C(tailscale up), the key in a task-only file), as O(mode=cli) does; tailscaled reads C(AuthKey) at
         every start, so a key named in the file would have to outlive the task.
     type: str
+  connection_address:
+    description:
+      - The address this play reaches the device at (the role passes C(ansible_host)). When it is a Tailscale
+        address (100.64.0.0/10 or fd7a:115c:a1e0::/48) and the plan needs a login, the re-authentication would cut the
+        connection it runs on, so the action fails before changing anything unless O(allow_reauth_over_tailnet).
+      - Not a Tailscale address (a LAN address, an adb serial, a name), or unset, changes nothing.
+    type: str
+  allow_reauth_over_tailnet:
+    description:
+      - Allow a login or re-authentication while O(connection_address) is a Tailscale address. The CLI then runs
+        detached on the device (ignoring SIGHUP), the result carries C(detached=true) and a warning, and the next
+        run verifies the outcome.
+    type: bool
+    default: false
+  mint_key:
+    description:
+      - Mint the login key from the control server (O(control)) instead of taking O(auth_key). Only when the node
+        needs a login is a single-use pre-auth key minted with O(mint_key.tags), valid O(mint_key.expiry) seconds,
+        handed over as a file like O(auth_key), and expired through the API as soon as the command returned
+        (RV(minted_key) says what the server reports of it then). A node already logged in gets none.
+      - With a login that runs detached (over the tailnet), the key is not expired by the task but expires by
+        itself.
+    type: dict
+    suboptions:
+      tags:
+        description: ACL tags of the key (headscale gives the node the tags of the key it registered with).
+        type: list
+        elements: str
+        default: []
+      expiry:
+        description: Seconds the key is valid if it is not spent.
+        type: int
+        default: 600
+      ephemeral:
+        description: Register an ephemeral node.
+        type: bool
+        default: false
+      description:
+        description: Key description (Tailscale only).
+        type: str
+        default: fleetmesh login
 extends_documentation_fragment:
+  - fleetmesh.tailscale.control_api
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
@@ -187,6 +229,16 @@ config_path:
   description: Path of the config file on the device.
   returned: config mode
   type: str
+node:
+  description: Who the node is after the task (C(node_key), tailnet C(addresses), C(hostname), C(dns_name)).
+  returned: cli mode
+  type: dict
+minted_key:
+  description:
+    - With O(mint_key), the minted key's id, tags, expiration and the server's C(used)/C(expired) after the task
+      (never the key itself); null when no login needed one.
+  returned: with mint_key
+  type: dict
 login_pending:
   description:
     - With O(mode=config) and O(auth_key), true while the node still needs its login (tailscaled not running yet, or
