@@ -13,6 +13,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import (
     parse_sections,
+    require_mounted,
     run_script,
     sh_quote,
 )
@@ -70,6 +71,8 @@ ARGUMENT_SPEC: dict[str, t.Any] = {
     },
     "restart": {"type": "bool", "default": False},
     "wait_timeout": {"type": "int", "default": 30},
+    "storage_mount": {"type": "str", "default": ""},
+    "storage_mount_timeout": {"type": "int", "default": 30},
 }
 
 
@@ -160,6 +163,9 @@ class ActionModule(ActionBase):
                 shell.add(files[-1].dest)
         links = link_specs(args["links"], files, root)
         dirs = [device_path(d, "dirs", root) for d in args["dirs"]]
+        if not root:
+            written = [f.dest for f in files] + dirs + [manifest]
+            require_mounted(self, str(args["storage_mount"]), int(args["storage_mount_timeout"]), written, "boot")
 
         check = check_script(files, links, manifest, dirs).removesuffix("echo @@end\n")
         if service:
@@ -200,6 +206,7 @@ class ActionModule(ActionBase):
                 manifest=manifest,
                 manifest_body=manifest_text(files, links, plan.manifest_dirs or dirs, root),
                 syntax_check=shell,
+                root=root,
             ).removesuffix("echo @@end\n")
         if service and (restart or start):
             script += service_script(service, restart=restart, wait_timeout=int(args["wait_timeout"]))

@@ -145,6 +145,9 @@ def render_script(paths: t.Iterable[str]) -> str:
     return SCRIPT.replace("__COMMANDS__", COMMANDS).replace("__PATHS__", quoted)
 
 
+ARGUMENT_SPEC: dict[str, t.Any] = {"paths": {"type": "list", "elements": "path", "default": []}}
+
+
 class ActionModule(ActionBase):
     """Gather device facts with one POSIX sh script over the connection."""
 
@@ -154,9 +157,7 @@ class ActionModule(ActionBase):
     def run(self, tmp: str | None = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
         result = super().run(tmp, task_vars)
         del tmp
-        _spec, args = self.validate_argument_spec(
-            argument_spec={"paths": {"type": "list", "elements": "path", "default": []}}
-        )
+        _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         paths = list(dict.fromkeys([*DEFAULT_PATHS, *(str(p) for p in args["paths"])]))
         for path in paths:
             if not path.startswith("/"):

@@ -8,7 +8,11 @@ import typing as t
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
-from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import parse_sections, run_script
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import (
+    parse_sections,
+    require_mounted,
+    run_script,
+)
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan import (
     apply_script,
     check_script,
@@ -48,6 +52,8 @@ ARGUMENT_SPEC: dict[str, t.Any] = {
     "manifest": {"type": "str", "default": ""},
     "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
     "root": {"type": "str", "default": ""},
+    "storage_mount": {"type": "str", "default": ""},
+    "storage_mount_timeout": {"type": "int", "default": 30},
 }
 
 
@@ -74,6 +80,11 @@ class ActionModule(ActionBase):
         files = [file_spec(str(item["src"]), item["dest"], str(item["mode"]), root) for item in args["files"]]
         links = link_specs(args["links"], files, root)
         dirs = [device_path(d, "dirs", root) for d in args["dirs"]]
+        if not root:
+            written = [f.dest for f in files] + dirs + ([manifest] if manifest else [])
+            require_mounted(
+                self, str(args["storage_mount"]), int(args["storage_mount_timeout"]), written, "install_files"
+            )
 
         run = run_script(self, check_script(files, links, manifest, dirs), "install_files check")
         try:
@@ -102,6 +113,7 @@ class ActionModule(ActionBase):
             remount_root=bool(args["remount_root"]),
             manifest=manifest,
             manifest_body=manifest_text(files, links, plan.manifest_dirs or dirs, root),
+            root=root,
         )
         done = run_script(self, script, "install_files apply")
         sec = parse_sections(done.stdout)

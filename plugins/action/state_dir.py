@@ -11,10 +11,11 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import (
     parse_sections,
+    require_mounted,
     run_script,
     sh_quote,
 )
-from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan import staging_root
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan import NO_MODE_FS, staging_root
 
 FACTS_NAMESPACE = "fleetmesh_state_dir"
 STATE_FILE = "tailscaled.state"
@@ -22,14 +23,21 @@ MIGRATED_SUFFIX = ".migrated"
 
 # One round trip does check and change. Old state is copied, compared, renamed into place, and the old file is
 # renamed to <old>.migrated (kept, never deleted): a second run finds nothing to move.
-SCRIPT = r"""dry=__DRY__; sd=__SD__; logs=__LOGS__; new="$sd/__FILE__"
+SCRIPT = r"""dry=__DRY__; sd=__SD__; logs=__LOGS__; new="$sd/__FILE__"; bk=__BACKUP__
 say() { echo "$1"; }
 perm() { stat -c %a "$1" 2>/dev/null || echo -; }
+fstype() { q=$1; while [ ! -e "$q" ]; do q=$(dirname "$q"); done
+  mp=$(df -P "$q" 2>/dev/null | sed -n '$p' | awk '{print $NF}')
+  awk -v m="$mp" '$2 == m {t = $3} END {print t}' /proc/mounts; }
+t=$(fstype "$sd")
+case " __NOMODE__ " in *" $t "*)
+  echo @@nomode; echo "$t"; echo @@end; exit 1;; esac
 echo @@changes
 for d in "$sd" "$logs"; do
   if [ ! -d "$d" ]; then say "mkdir $d"
     [ "$dry" = 1 ] || mkdir -p "$d" || { echo @@error; echo "cannot create $d"; exit 1; }; fi
-  if [ -d "$d" ] && [ "$(perm "$d")" != 700 ]; then say "chmod 0700 $d"; [ "$dry" = 1 ] || chmod 700 "$d"; fi
+  if [ -d "$d" ] && [ "$(perm "$d")" != 700 ]; then say "chmod 0700 $d"
+    [ "$dry" = 1 ] || chmod 700 "$d" || { echo @@error; echo "cannot chmod 0700 $d"; exit 1; }; fi
 done
 moved=""
 for o in __OLD__; do
@@ -41,7 +49,21 @@ for o in __OLD__; do
       && mv "$o" "$o__MIGRATED__" || { rm -f "$new.fmtmp"; echo @@error; echo "cannot move $o to $new"; exit 1; }
   fi
 done
-if [ -f "$new" ] && [ "$(perm "$new")" != 600 ]; then say "chmod 0600 $new"; [ "$dry" = 1 ] || chmod 600 "$new"; fi
+if [ -n "$bk" ] && [ -z "$moved" ] && [ ! -e "$new" ] && [ -s "$bk" ]; then
+  say "restore $bk"
+  if [ "$dry" != 1 ]; then
+    cat "$bk" > "$new.fmtmp" && cmp -s "$bk" "$new.fmtmp" && chmod 600 "$new.fmtmp" && mv "$new.fmtmp" "$new" \
+      || { rm -f "$new.fmtmp"; echo @@error; echo "cannot restore $bk to $new"; exit 1; }
+  fi
+fi
+if [ -f "$new" ] && [ "$(perm "$new")" != 600 ]; then say "chmod 0600 $new"
+  [ "$dry" = 1 ] || chmod 600 "$new" || { echo @@error; echo "cannot chmod 0600 $new"; exit 1; }; fi
+echo @@backup
+if [ -n "$bk" ] && [ "$dry" != 1 ] && [ -s "$new" ] && ! cmp -s "$new" "$bk"; then
+  # A plain copy (the storage may be FAT: no chmod), renamed into place.
+  mkdir -p "$(dirname "$bk")" && cat "$new" > "$bk.fmtmp" && mv -f "$bk.fmtmp" "$bk" && echo refreshed \
+    || { rm -f "$bk.fmtmp"; echo @@error; echo "cannot copy $new to $bk"; exit 1; }
+fi
 echo @@status
 [ -f "$new" ] && echo state_present
 [ -z __ROOT__ ] && pidof tailscaled >/dev/null 2>&1 && echo daemon_running
@@ -56,12 +78,16 @@ def _abs(value: str, what: str) -> str:
     return value
 
 
-def render(state_dir: str, logs_dir: str, old_paths: t.Sequence[str], dry: bool, root: str = "") -> str:
+def render(
+    state_dir: str, logs_dir: str, old_paths: t.Sequence[str], dry: bool, root: str = "", *, backup: str = ""
+) -> str:
     """The device script; under a rootfs staging dir ``root`` it works on ``root + path`` and moves nothing."""
     if root:
-        state_dir, logs_dir, old_paths = root + state_dir, root + logs_dir, []
+        state_dir, logs_dir, old_paths, backup = root + state_dir, root + logs_dir, [], ""
     return (
         SCRIPT.replace("__DRY__", "1" if dry else "0")
+        .replace("__BACKUP__", sh_quote(backup))
+        .replace("__NOMODE__", " ".join(sorted(NO_MODE_FS)))
         .replace("__ROOT__", sh_quote(root))
         .replace("__SD__", sh_quote(state_dir))
         .replace("__LOGS__", sh_quote(logs_dir))
@@ -74,12 +100,20 @@ def render(state_dir: str, logs_dir: str, old_paths: t.Sequence[str], dry: bool,
 def interpret(output: str, state_dir: str, logs_dir: str) -> dict[str, t.Any]:
     """The facts and change list from the script's output (pure: unit-tested on recorded outputs)."""
     sec = parse_sections(output)
+    if "nomode" in sec:
+        raise AnsibleActionFail(
+            f"state dir: {state_dir} is on a {sec['nomode'].strip()} filesystem, which keeps no Unix modes: tailscaled "
+            "chmods its state file to 0600 and, where that fails, runs on an in-memory store (a new node at every "
+            "start). Put the state dir on a filesystem with modes (the root filesystem) and keep a copy on the "
+            "storage with state_dir_backup. Nothing was changed."
+        )
     if "error" in sec:
         raise AnsibleActionFail(f"state dir: {sec['error']}")
     if "end" not in sec:
         raise AnsibleActionFail("state dir: the device's answer was cut short (no end marker)")
     changes = [line for line in sec.get("changes", "").splitlines() if line.strip()]
     moved = [line[5:] for line in changes if line.startswith("move ")]
+    restored = [line[8:] for line in changes if line.startswith("restore ")]
     status = sec.get("status", "").split()
     state_file = posixpath.join(state_dir, STATE_FILE)
     return {
@@ -91,13 +125,27 @@ def interpret(output: str, state_dir: str, logs_dir: str) -> dict[str, t.Any]:
             "logs_dir": logs_dir,
             "state_present": "state_present" in status,
             "moved_from": moved[0] if moved else "",
+            "restored_from": restored[0] if restored else "",
+            # The copy on the storage was brought up to date (not a change of the device's configuration).
+            "backup_refreshed": "refreshed" in sec.get("backup", ""),
             "daemon_running": "daemon_running" in status,
             # A daemon started with the old state path must restart to pick the moved state up (boot role).
-            "restart_needed": bool(moved) and "daemon_running" in status,
+            "restart_needed": bool(moved or restored) and "daemon_running" in status,
             "tailscaled_args": [f"--statedir={state_dir}", f"--state={state_file}"],
             "environment": {"TS_LOGS_DIR": logs_dir},
         },
     }
+
+
+ARGUMENT_SPEC: dict[str, t.Any] = {
+    "path": {"type": "str", "required": True},
+    "logs_dir": {"type": "str", "default": ""},
+    "old_paths": {"type": "list", "elements": "str", "default": []},
+    "root": {"type": "str", "default": ""},
+    "backup": {"type": "str", "default": ""},
+    "storage_mount": {"type": "str", "default": ""},
+    "storage_mount_timeout": {"type": "int", "default": 30},
+}
 
 
 class ActionModule(ActionBase):
@@ -109,19 +157,22 @@ class ActionModule(ActionBase):
     def run(self, tmp: str | None = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
         result = super().run(tmp, task_vars)
         del tmp
-        _spec, args = self.validate_argument_spec(
-            argument_spec={
-                "path": {"type": "str", "required": True},
-                "logs_dir": {"type": "str", "default": ""},
-                "old_paths": {"type": "list", "elements": "str", "default": []},
-                "root": {"type": "str", "default": ""},
-            }
-        )
+        _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         root = staging_root(args["root"])
         state_dir = _abs(args["path"], "path")
         logs_dir = _abs(args["logs_dir"], "logs_dir") if args["logs_dir"] else posixpath.join(state_dir, "logs")
         old = [_abs(p, "old_paths") for p in args["old_paths"]]
-        run = run_script(self, render(state_dir, logs_dir, old, bool(self._task.check_mode), root), "state dir")
+        backup = _abs(args["backup"], "backup") if args["backup"] else ""
+        if not root:
+            require_mounted(
+                self,
+                str(args["storage_mount"]),
+                int(args["storage_mount_timeout"]),
+                [state_dir, logs_dir] + ([backup] if backup else []),
+                "state dir",
+            )
+        script = render(state_dir, logs_dir, old, bool(self._task.check_mode), root, backup=backup)
+        run = run_script(self, script, "state dir")
         info = interpret(run.stdout, state_dir, logs_dir)
         if root:
             info["changes"] = [change.replace(root + "/", "/") for change in info["changes"]]

@@ -44,6 +44,12 @@ options:
     type: list
     elements: str
     default: []
+  xtables_dir:
+    description:
+      - Device directory for the extensions (default C(<install_dir>/<xtables_libdir>)). Their names differ only in
+        case (C(libxt_MARK.so), C(libxt_mark.so)), so for a FAT install dir point this at a case-sensitive filesystem.
+    type: str
+    default: ""
 author:
   - fleetmesh developers !UNKNOWN
 """
@@ -71,6 +77,7 @@ def iptables_bundle_plan(
     sbin_dir: str,
     *,
     extensions: t.Sequence[str] = (),
+    xtables_dir: str = "",
 ) -> dict[str, t.Any]:
     try:
         return bundle_plan(
@@ -80,6 +87,7 @@ def iptables_bundle_plan(
             str(lib_dir),
             str(sbin_dir),
             extensions=[str(e) for e in extensions],
+            xtables_dir=str(xtables_dir or ""),
         )
     except (BundleError, TypeError) as exc:
         raise AnsibleFilterError(f"iptables bundle {bundle_dir}: {exc}") from exc

@@ -117,6 +117,17 @@ options:
     description: Seconds to wait after a start.
     type: int
     default: 30
+  storage_mount:
+    description:
+      - Mount point that must be in the device's C(/proc/mounts) before anything below it is written (checked only
+        when a file, dir or the manifest is below it); waited for up to O(storage_mount_timeout) seconds, then the
+        task fails with nothing written. Empty or C(/) skips it.
+    type: str
+    default: ''
+  storage_mount_timeout:
+    description: Seconds to wait for O(storage_mount).
+    type: int
+    default: 30
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:

@@ -35,7 +35,10 @@ options:
         type: str
         required: true
       mode:
-        description: Octal mode of the installed file.
+        description:
+          - Octal mode of the installed file. On a filesystem without Unix modes (FAT or exFAT, such as C(vfat),
+            C(msdos), C(fuse.fusefat)) it is neither set nor compared (chmod fails there and the mount decides the
+            modes), and a link there is refused before anything changes (no symlinks on FAT).
         type: str
         default: '0755'
   links:
@@ -98,6 +101,17 @@ options:
     type: str
     default: present
     choices: [present, absent]
+  storage_mount:
+    description:
+      - Mount point that must be in the device's C(/proc/mounts) before anything below it is written (checked only
+        when a file, dir or the manifest is below it); waited for up to O(storage_mount_timeout) seconds, then the
+        task fails with nothing written. Empty or C(/) skips it.
+    type: str
+    default: ''
+  storage_mount_timeout:
+    description: Seconds to wait for O(storage_mount).
+    type: int
+    default: 30
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:

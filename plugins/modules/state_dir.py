@@ -16,6 +16,10 @@ description:
     C(<old>.migrated). State is never deleted and never overwritten; the node identity inside is unchanged.
   - When state exists both at an old path and in the state dir, the state dir's is kept, the old file is left
     untouched, and a warning is printed.
+  - A state dir on a filesystem without Unix modes (FAT, exFAT) is refused before anything changes, since tailscaled
+    chmods its state file to 0600 and, when that fails, runs on an in-memory store (a new node at every start).
+  - With O(backup), a state file the state dir lacks (after a firmware update replaced the root filesystem) is restored
+    from that copy, and the copy is brought up to date when it differs (a plain copy, as it may be on FAT).
   - Returns C(ansible_facts.fleetmesh_state_dir) for the boot role (flags, environment, C(restart_needed)).
 options:
   path:
@@ -37,6 +41,22 @@ options:
         is moved, and the published facts keep in-image paths. C(/) is refused.
     type: str
     default: ''
+  backup:
+    description:
+      - Absolute path of a copy of C(tailscaled.state) kept elsewhere (e.g. on the FAT storage of a Kobo); empty for
+        none. It holds the node's keys, and whoever can read that storage can read them.
+    type: str
+    default: ''
+  storage_mount:
+    description:
+      - Mount point that must be in the device's C(/proc/mounts) before anything below it is written; waited for
+        up to O(storage_mount_timeout) seconds, then the task fails with nothing written. Empty or C(/) skips it.
+    type: str
+    default: ''
+  storage_mount_timeout:
+    description: Seconds to wait for O(storage_mount).
+    type: int
+    default: 30
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.facts

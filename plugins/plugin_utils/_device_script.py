@@ -49,3 +49,38 @@ def parse_sections(text: str) -> dict[str, str]:
 def sh_quote(value: str) -> str:
     """Quote a value for POSIX sh (single quotes; busybox ash and dash agree on this form)."""
     return "'" + str(value).replace("'", "'\"'\"'") + "'"
+
+
+def mount_wait_script(mount: str, timeout: int) -> str:
+    """Wait up to ``timeout`` s for ``mount`` in the device's mount table; prints section mounted or unmounted."""
+    m = sh_quote(mount)
+    return (
+        f"i=0; while ! awk -v m={m} '$2 == m {{f = 1}} END {{exit !f}}' /proc/mounts; do "
+        f'if [ "$i" -ge {int(timeout)} ]; then echo @@unmounted; echo @@end; exit 0; fi; sleep 1; i=$((i + 1)); done; '
+        "echo @@mounted; echo @@end\n"
+    )
+
+
+def under_mount(mount: str, paths: t.Iterable[str]) -> bool:
+    """Whether any of the paths is the storage mount or below it (a mount of '' or '/' never needs a check)."""
+    mount = str(mount or "").rstrip("/")
+    return bool(mount) and any(p == mount or p.startswith(mount + "/") for p in paths)
+
+
+def require_mounted(action: t.Any, mount: str, timeout: int, paths: t.Iterable[str], what: str) -> None:
+    """Before anything is written below a storage mount: wait (bounded) until the device's /proc/mounts lists it;
+    fail with nothing written when it never does. The mount point existing as a directory proves nothing: writing
+    there would fill the root filesystem and be hidden once the storage is mounted over it."""
+    mount = str(mount or "").rstrip("/")
+    if not under_mount(mount, paths):
+        return
+    run = run_script(action, mount_wait_script(mount, timeout), f"{what} mount check")
+    sec = parse_sections(run.stdout)
+    if "mounted" in sec:
+        return
+    if "unmounted" in sec:
+        raise AnsibleActionFail(
+            f"{mount} is not mounted (the device's /proc/mounts, checked for {int(timeout)}s): not mounted: is it in "
+            "USB storage mode, or not mounted yet after boot? Nothing was written."
+        )
+    raise AnsibleActionFail(f"{what}: cannot check whether {mount} is mounted: {(run.stdout + run.stderr)[:400]}")

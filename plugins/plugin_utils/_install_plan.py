@@ -27,6 +27,10 @@ TMP_SUFFIX = ".fmtmp"
 BAK_SUFFIX = ".fmbak"
 # Filesystems round each file up to blocks: count a 4 KiB block of slack per uploaded file.
 SLACK_KB = 4
+# Filesystem types (the third field of /proc/mounts) that keep no Unix modes, owners or symlinks: FAT in its kernel
+# drivers and FUSE implementations, exFAT. A Kobo's /mnt/onboard is one. chmod there fails (EPERM or ENOSYS), and
+# the modes stat reports are the mount's, so files are written without chmod and their modes are not compared.
+NO_MODE_FS = frozenset({"vfat", "msdos", "fat", "umsdos", "exfat", "fuse.fusefat", "fuse.exfat", "fuseblk"})
 
 # sha256 of a file with whatever the device has; '-' when the file is absent or not regular.
 _PRELUDE = r"""h() { [ -f "$1" ] && [ ! -L "$1" ] || { echo -; return; }
@@ -78,6 +82,7 @@ class Plan:
     # run created (so removal leaves the device's file list as it was before the first install).
     manifest_dirs: list[str] = field(default_factory=list)
     stale_items: list[tuple[str, str]] = field(default_factory=list)  # in the old manifest, no longer wanted
+    no_mode: set[str] = field(default_factory=set)  # dests on a filesystem without modes (FAT): never chmod-ed
     root_readonly: bool = False
     free: dict[str, tuple[int, int]] = field(default_factory=dict)  # mount -> (needed_kb, avail_kb)
 
@@ -126,6 +131,20 @@ def _wanted_dirs(
     )
 
 
+def _probe_dirs(files: t.Sequence[FileSpec], links: t.Sequence[LinkSpec]) -> list[str]:
+    return sorted({posixpath.dirname(f.dest) for f in files} | {posixpath.dirname(lk.path) for lk in links})
+
+
+def mount_types(text: str) -> dict[str, str]:
+    """mount point -> filesystem type from `mountpoint<TAB>fstype` lines (the last mount of a point wins)."""
+    types: dict[str, str] = {}
+    for line in text.splitlines():
+        point, _sep, fstype = line.partition("\t")
+        if point.startswith("/") and fstype:
+            types[point.replace("\\040", " ")] = fstype.strip()
+    return types
+
+
 def check_script(
     files: t.Sequence[FileSpec], links: t.Sequence[LinkSpec], manifest: str, dirs: t.Sequence[str] = ()
 ) -> str:
@@ -137,12 +156,13 @@ def check_script(
         out.append(f"echo @@f{i}; h {q}; stat -c %a {q} 2>/dev/null || echo -")
     for i, lk in enumerate(links):
         out.append(f"echo @@l{i}; l {sh_quote(lk.path)}")
-    for i, d in enumerate(sorted({posixpath.dirname(f.dest) for f in files})):
+    for i, d in enumerate(_probe_dirs(files, links)):
         out.append(
             f'echo @@d{i}; q={sh_quote(d)}; while [ ! -e "$q" ]; do q=$(dirname "$q"); done; '
             f"printf '%s\\t' {sh_quote(d)}; df -Pk \"$q\" | sed -n '$p'"
         )
     out.append("echo @@root; awk '$2 == \"/\" {o=$4} END {print o}' /proc/mounts")
+    out.append("echo @@fstypes; awk '{print $2 \"\\t\" $3}' /proc/mounts")
     if manifest:
         out.append(f"echo @@manifest; cat {sh_quote(manifest)} 2>/dev/null")
         wanted = " ".join(sh_quote(d) for d in _wanted_dirs(files, dirs, manifest, links))
@@ -190,10 +210,34 @@ def plan_from_output(
         fields = df_line.split()
         if len(fields) >= 6 and fields[3].isdigit():
             dir_mount[path] = fields[5]
-            mounts[fields[5]] = int(fields[3])
+            # A filesystem that reports no blocks at all (some FUSE ones) says nothing about its free space.
+            if fields[1] != "0":
+                mounts[fields[5]] = int(fields[3])
+    types = mount_types(sec.get("fstypes", ""))
+
+    def fstype(path: str) -> str:
+        return types.get(dir_mount.get(posixpath.dirname(path), ""), "")
+
+    for lk in links:
+        if fstype(lk.path) in NO_MODE_FS:
+            raise ValueError(
+                f"{lk.path} is on a {fstype(lk.path)} filesystem, which has no symlinks: "
+                "put links on the root filesystem (the files they point to may stay there)"
+            )
+    plan.no_mode = {f.dest for f in files if fstype(f.dest) in NO_MODE_FS}
+    # FAT is case-insensitive: libxt_MARK.so and libxt_mark.so would be one file there.
+    folded: dict[str, str] = {}
+    for dest in sorted(plan.no_mode):
+        other = folded.setdefault(dest.lower(), dest)
+        if other != dest:
+            raise ValueError(
+                f"{other} and {dest} differ only in case: on a {fstype(dest)} filesystem (case-insensitive) they are "
+                "one file; put them on a case-sensitive filesystem"
+            )
+    plan.mode_fixes = [f for f in plan.mode_fixes if f.dest not in plan.no_mode]
     for f in plan.uploads:
         mount = dir_mount.get(posixpath.dirname(f.dest))
-        if mount is not None:
+        if mount is not None and mount in mounts:
             needed[mount] = needed.get(mount, 0) + math.ceil(f.size / 1024) + SLACK_KB
     plan.free = {m: (needed[m], mounts[m]) for m in needed}
     plan.root_readonly = "ro" in sec.get("root", "").strip().split(",")
@@ -245,6 +289,7 @@ def apply_script(
     manifest: str,
     manifest_body: str,
     syntax_check: t.Collection[str] = (),
+    root: str = "",
 ) -> str:
     """Put uploaded files in place, verify, switch links; on a failed verify undo everything this run did.
 
@@ -265,8 +310,9 @@ def apply_script(
     undo_files: list[str] = []
     for f in plan.uploads:
         dest, tmp, bak = sh_quote(f.dest), sh_quote(tmp_name(f.dest)), sh_quote(f.dest + BAK_SUFFIX)
+        chmod = "" if f.dest in plan.no_mode else f"chmod {f.mode} {tmp} || exit 1; "
         out.append(
-            f"chmod {f.mode} {tmp} || exit 1; rm -f {bak}; "
+            f"{chmod}rm -f {bak}; "
             f"if [ -e {dest} ] || [ -L {dest} ]; then mv -f {dest} {bak} || exit 1; fi; mv -f {tmp} {dest} || exit 1"
         )
         undo_files.append(f"rm -f {dest}; if [ -e {bak} ] || [ -L {bak} ]; then mv -f {bak} {dest}; fi")
@@ -314,10 +360,17 @@ def apply_script(
         elif kind == "link":
             out.append(f"if [ -L {sh_quote(path)} ]; then rm -f {sh_quote(path)}; fi")
     stale_dirs = sorted((p for k, p in plan.stale_items if k == "dir"), reverse=True)
-    out += [f"rmdir {sh_quote(d)} 2>/dev/null || :" for d in stale_dirs]
+    # A stale dir that is not empty yet (a FUSE filesystem keeps a deleted file that a running program still has
+    # open as .fuse_hidden*) stays in the manifest, so the next run removes it.
+    out.append('keep=""')
+    for d in stale_dirs:
+        q = sh_quote(d)
+        line = sh_quote("dir " + unroot(d, root) + "\n")
+        out.append(f'rmdir {q} 2>/dev/null || {{ [ ! -d {q} ] || keep="$keep"{line}; }}')
     if manifest and (plan.manifest_stale or plan.changed):
         mtmp = sh_quote(manifest + TMP_SUFFIX)
-        out.append(f"mkdir -p {sh_quote(posixpath.dirname(manifest))} && printf %s {sh_quote(manifest_body)} > {mtmp}")
+        mdir = sh_quote(posixpath.dirname(manifest))
+        out.append(f'mkdir -p {mdir} && printf %s%s {sh_quote(manifest_body)} "$keep" > {mtmp}')
         out.append(f"mv -f {mtmp} {sh_quote(manifest)} || exit 1")
     out.append("sync")
     out.append("echo @@end")

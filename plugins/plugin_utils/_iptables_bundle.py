@@ -44,6 +44,7 @@ def bundle_plan(
     sbin_dir: str,
     *,
     extensions: t.Sequence[str] = (),
+    xtables_dir: str = "",
 ) -> dict[str, t.Any]:
     """Files, links, dirs and the proof command for one bundle; raises BundleError on a bad manifest."""
     if not isinstance(manifest, dict):
@@ -80,12 +81,15 @@ def bundle_plan(
     env: dict[str, str] = {}
     if extensions:
         xdir = _rel(manifest.get("xtables_libdir", ""), "xtables_libdir")
+        # The extensions' names differ only in case (libxt_MARK.so, libxt_mark.so): on a FAT install dir they go to
+        # xtables_dir, a case-sensitive filesystem.
+        dest_dir = xtables_dir or posixpath.join(install_dir, xdir)
         for ext in extensions:
             src = os.path.join(bundle_dir, xdir, _rel(ext, "extension"))
             if not os.path.isfile(src):
                 raise BundleError(f"extension {ext!r} is not in the bundle ({src})")
-            files.append({"src": src, "dest": posixpath.join(install_dir, xdir, str(ext)), "mode": "0644"})
-        env["XTABLES_LIBDIR"] = posixpath.join(install_dir, xdir)
+            files.append({"src": src, "dest": posixpath.join(dest_dir, str(ext)), "mode": "0644"})
+        env["XTABLES_LIBDIR"] = dest_dir
     first = str(manifest["commands"][0])
     return {
         "files": files,

@@ -30,7 +30,7 @@ NAME = "bench-login"
 ARCH = {"sysvinit": "amd64", "kobo": "arm"}
 # Where the binaries go: the kobo's / is 16 MB, so there they live on /mnt/onboard (as the binary role puts them).
 BIN_DIR = {"sysvinit": "/usr/lib/bench-tailscale", "kobo": "/mnt/onboard/bench-tailscale"}
-STATE_DIR = {"sysvinit": "/var/lib/tailscale", "kobo": "/mnt/onboard/.tailscale/state"}
+STATE_DIR = {"sysvinit": "/var/lib/tailscale", "kobo": "/usr/local/fleetmesh-tailscale/state"}
 
 
 def start_tailscaled(profile: str) -> None:

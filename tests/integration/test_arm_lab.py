@@ -37,7 +37,7 @@ from provision_lab import NEW, run_site, stop_sessions  # noqa: E402
 from fleetlab import control, inventory, tailscale_release  # noqa: E402
 
 KOBO = "kc-arm"
-BOOT_LOG = "/mnt/onboard/.tailscale/state/logs/boot.log"
+BOOT_LOG = "/usr/local/fleetmesh-tailscale/state/logs/boot.log"
 DAEMON_ARGS = "tr '\\0' ' ' < /proc/$(pidof tailscaled)/cmdline"
 EM_ARM = ["28", "00"]  # e_machine 40, little-endian
 

@@ -33,8 +33,10 @@ from fleetlab import tailscale_release  # noqa: E402
 from repo_checkout import REPO, ansible_env  # noqa: E402
 
 KOBO_BOOT = "/usr/local/fleetmesh-tailscale"
-KOBO_STATE = "/mnt/onboard/.tailscale/state"
-EARLY_LOG = "/tmp/fleetmesh-tailscale-boot.log"
+# The kobo's state is on the root filesystem (tailscaled cannot keep it on the FAT onboard), a copy on the storage.
+KOBO_STATE = "/usr/local/fleetmesh-tailscale/state"
+KOBO_BACKUP = "/mnt/onboard/.tailscale/state-backup"
+KOBO_LOG = f"{KOBO_STATE}/logs/boot.log"
 MOUNT_TIMEOUT = 4
 
 
@@ -195,20 +197,20 @@ def test_kobo_udev_boot_wifi_and_storage_mount(kobo: Any, work: Path, mirror: st
 
     # Storage mounted late: the boot hook waits for it, then starts tailscaled.
     hide = "mkdir -p /tmp/hold; mount --move /mnt/onboard /tmp/hold"
-    sh(kobo, f"{KOBO_BOOT}/tailscaled.ctl stop; rm -f {EARLY_LOG}; {hide}")
+    sh(kobo, f"{KOBO_BOOT}/tailscaled.ctl stop; rm -f {KOBO_LOG}; {hide}")
     sh(kobo, f"{KOBO_BOOT}/boot.sh boot")
-    time.sleep(1.5)
-    assert f"waiting up to {MOUNT_TIMEOUT}s for /mnt/onboard" in sh(kobo, f"cat {EARLY_LOG}")
+    # The log is on the root filesystem (with the state): the hook writes there before the storage is mounted too.
+    assert wait_for(lambda: f"waiting up to {MOUNT_TIMEOUT}s for /mnt/onboard" in sh(kobo, f"cat {KOBO_LOG}"), 10)
     assert "not running" in sh(kobo, f"{KOBO_BOOT}/tailscaled.ctl status")
     sh(kobo, "mount --move /tmp/hold /mnt/onboard")
     assert wait_for(lambda: running(kobo), MOUNT_TIMEOUT + 60)
     assert node_key(kobo) == key
 
     # Storage never mounted: the hook gives up after the timeout and says why; nothing runs.
-    sh(kobo, f"{KOBO_BOOT}/tailscaled.ctl stop; rm -f {EARLY_LOG}; {hide}")
+    sh(kobo, f"{KOBO_BOOT}/tailscaled.ctl stop; rm -f {KOBO_LOG}; {hide}")
     sh(kobo, f"{KOBO_BOOT}/boot.sh boot")
-    assert wait_for(lambda: "gave up" in sh(kobo, f"cat {EARLY_LOG}"), MOUNT_TIMEOUT + 5)
-    assert f"gave up: /mnt/onboard is not mounted after {MOUNT_TIMEOUT}s" in sh(kobo, f"cat {EARLY_LOG}")
+    assert wait_for(lambda: "gave up" in sh(kobo, f"cat {KOBO_LOG}"), MOUNT_TIMEOUT + 5)
+    assert f"gave up: /mnt/onboard is not mounted after {MOUNT_TIMEOUT}s" in sh(kobo, f"cat {KOBO_LOG}")
     assert "not running" in sh(kobo, f"{KOBO_BOOT}/tailscaled.ctl status")
     sh(kobo, "mount --move /tmp/hold /mnt/onboard")
 
@@ -234,10 +236,14 @@ def test_kobo_uninstall_leaves_only_the_state(kobo: Any, work: Path, mirror: str
     assert "tailscaled" not in sh(kobo, "ps -o comm")
     after = file_list(kobo, "/", "/mnt/onboard")
     # Binaries, iptables shim, udev rules, boot scripts and links are gone; the state dir (with its logs and the
-    # dir that holds it) stays.
-    kept = {p for p in after - KOBO_BEFORE if p.startswith(KOBO_STATE) or KOBO_STATE.startswith(p + "/")}
+    # dir that holds it) and the state's copy on the storage stay.
+    kept = {
+        p
+        for p in after - KOBO_BEFORE
+        if any(p.startswith(k) or k.startswith(p + "/") for k in (KOBO_STATE, KOBO_BACKUP))
+    }
     assert after - KOBO_BEFORE - kept == set()
-    assert kept >= {"/mnt/onboard/.tailscale", KOBO_STATE}
+    assert kept >= {"/usr/local/fleetmesh-tailscale", KOBO_STATE}
     assert KOBO_BEFORE - after == set()
     assert f"{KOBO_STATE}/tailscaled.state" in after
 

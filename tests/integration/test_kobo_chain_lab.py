@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -40,13 +39,13 @@ lab = pytest.importorskip("fleetlab.lab", reason="the fleetlab package (tests/la
 
 from provision_lab import NEW, run_site, stop_sessions  # noqa: E402
 
-from fleetlab import control, inventory, tailscale_release  # noqa: E402
+from fleetlab import boot, control, inventory, tailscale_release  # noqa: E402
 
 BOX = "kc-kobo"
 KERNEL = {"networking_mode": "kernel"}
 NO_SHIM = {**KERNEL, "iptables_shim_enabled": False}
-BOOT_LOG = "/mnt/onboard/.tailscale/state/logs/boot.log"
-SHIM_XTABLES = "/mnt/onboard/.tailscale/iptables/xtables"
+BOOT_LOG = "/usr/local/fleetmesh-tailscale/state/logs/boot.log"
+SHIM_XTABLES = "/usr/local/fleetmesh-tailscale/xtables"  # case-sensitive names: not on the FAT onboard
 # The seed's steps by hand: the binary on the onboard storage, tailscaled started from there, a few seconds.
 SEED_START = (
     "export PATH=/usr/sbin:/usr/bin:/sbin:/bin; mkdir -p /tmp/seed; "
@@ -152,10 +151,16 @@ def test_the_box_is_a_kobo_with_an_amd64_userland(box: Any) -> None:
 
 def test_seed_start_without_iptables(box: Any) -> None:
     """The seed's first try (binary on /mnt/onboard, `tailscaled`), real 1.98.10, nothing else on the box."""
-    seed = box.root / "mnt/onboard/seed"
-    seed.mkdir()
+    # /mnt/onboard is the device's FAT mount (fusefat, inside its mount namespace): copy through the device.
+    with open(tailscale_release.binaries(NEW, "amd64")["tailscaled"], "rb") as binary:
+        put = subprocess.run(
+            [*boot.nsenter_cmd(box), "sh", "-c", "mkdir -p /mnt/onboard/seed && cat > /mnt/onboard/seed/tailscaled"],
+            stdin=binary,
+            capture_output=True,
+            check=False,
+        )
+    assert put.returncode == 0, put.stderr
     try:
-        shutil.copy2(tailscale_release.binaries(NEW, "amd64")["tailscaled"], seed / "tailscaled")
         # No iptables binary: the detector falls back to nftables and the daemon keeps running until `timeout`
         # stops it (it shuts down cleanly on SIGTERM, exit 0).
         started = sh(box, SEED_START)
@@ -171,8 +176,7 @@ def test_seed_start_without_iptables(box: Any) -> None:
             f"could not create new netfilter: {SEED_MESSAGE}"
         ) in forced
     finally:
-        shutil.rmtree(seed)
-        sh(box, "rm -rf /tmp/seed; ip link del tailscale0 2>/dev/null")
+        sh(box, "rm -rf /mnt/onboard/seed /tmp/seed; ip link del tailscale0 2>/dev/null")
 
 
 def test_without_the_shim_kernel_mode_runs_on_nftables(box: Any, work: Path, mirror: str) -> None:

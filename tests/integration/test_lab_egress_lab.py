@@ -68,7 +68,7 @@ STUN = (control.ADDRESS, control.STUN_PORT)
 DOORS = {"kobo": 23, "sysvinit": 23, "quecopen": 5555, "systemd": 22}
 DWELL = 30.0  # steady state after the runs: map polls, DERP keepalives, a netcheck (STUN) round
 LOGS = {
-    "kobo": "/mnt/onboard/.tailscale/state/logs/boot.log",
+    "kobo": "/usr/local/fleetmesh-tailscale/state/logs/boot.log",
     "quecopen": "/usrdata/tailscale/state/logs/boot.log",
     "sysvinit": "/var/lib/tailscale/logs/boot.log",
 }

@@ -26,7 +26,8 @@ from provision_lab import run_site, wait_for  # noqa: E402
 from fleetlab import control  # noqa: E402
 
 KOBO = "pcs-kobo"
-STATE = "/mnt/onboard/.tailscale/state"
+# On the root filesystem: tailscaled cannot keep its state on the FAT onboard (docs/profiles.md).
+STATE = "/usr/local/fleetmesh-tailscale/state"
 KOBO_BOOT = "/usr/local/fleetmesh-tailscale"  # the boot role's scripts on a kobo (udev profile)
 NODES: set[int] = set()  # headscale nodes this module's kobo was, deleted in teardown
 

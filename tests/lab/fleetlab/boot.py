@@ -152,6 +152,56 @@ def stop_init(device: Device, timeout: float = 10.0) -> None:
     device.launcher = None
 
 
+def start_fat(device: Device, path: str, image: Path, delay: float = 0.0) -> ProcRef:
+    """Mount a FAT image at `path` inside the device's mount namespace with fusefat (the host kernel has no vfat),
+    after `delay` seconds (a storage mounted late after boot). The fusefat process is host-side (recorded: stop_fat
+    ends it, which unmounts); the device sees a `fuse.fusefat` mount in its /proc/mounts."""
+    assert device.init is not None
+    target = str(device.root / path.lstrip("/"))
+    script = 'sleep "$1"; exec fusefat -f -o rw+ "$2" "$3"'
+    cmd = ["nsenter", "-t", str(device.init.pid), "-m", "--", "/bin/sh", "-c", script, "fat", f"{delay:g}"]
+    with open(device.dir / "fusefat.log", "ab") as log:
+        proc = subprocess.Popen(
+            [*cmd, str(image), target], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    ref = ProcRef.of(proc.pid)
+    if delay <= 0:
+        wait_mounted(device, path, proc)
+    return ref
+
+
+def wait_mounted(device: Device, path: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20) -> None:
+    """Wait until the device's own mount table lists `path`."""
+    assert device.init is not None
+    mounts = Path(f"/proc/{device.init.pid}/mounts")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if any(line.split()[1] == path for line in mounts.read_text().splitlines()):
+                return
+        if proc is not None and proc.poll() is not None:
+            raise LabError(f"device {device.name}: fusefat exited (rc={proc.returncode}); see {device.dir}/fusefat.log")
+        time.sleep(0.02)
+    raise LabError(f"device {device.name}: {path} not mounted after {timeout:.0f} s")
+
+
+def stop_fat(refs: list[ProcRef], timeout: float = 20.0) -> None:
+    """End fusefat processes: SIGTERM (fusefat writes back and unmounts), SIGKILL only if one hangs."""
+    live = [ref for ref in refs if ref.alive()]
+    for ref in live:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(ref.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(ref.alive() for ref in live) and time.monotonic() < deadline:
+        for ref in live:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(ref.pid, os.WNOHANG)
+        time.sleep(0.02)
+    for ref in live:
+        if ref.alive():
+            os.kill(ref.pid, signal.SIGKILL)
+
+
 def alive(device: Device) -> bool:
     return device.init is not None and device.init.alive()
 

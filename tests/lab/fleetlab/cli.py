@@ -56,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
         choices=devices.ARCHES,
         help="userland architecture when not the profile's (kobo --arch amd64: the kobo shape, run natively)",
     )
+    up.add_argument(
+        "--onboard-fs",
+        choices=devices.DATA_FILESYSTEMS,
+        help="filesystem of the data mount (kobo: fat by default, a FUSE-mounted FAT32 image; tmpfs otherwise)",
+    )
+    up.add_argument("--late-mount", type=float, default=0, metavar="S", help="FAT data mount appears S s after boot")
+    up.add_argument("--no-var-run", action="store_true", help="no /var/run on the device")
+    up.add_argument("--motd", action="store_true", help="a MOTD at login and a coloured shell prompt")
+    up.add_argument("--no-base64", action="store_true", help="no base64 applet link")
 
     down = sub.add_parser("down", help="remove a device, or all of the lab")
     target = down.add_mutually_exclusive_group(required=True)
@@ -68,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("cmd", nargs=argparse.REMAINDER)
     rb = sub.add_parser("reboot", help="kill every process of a device and boot it again")
     rb.add_argument("name")
+    fw = sub.add_parser(
+        "firmware", help="simulate a firmware update: root back to the image, storage kept, boot (fleetlab/faults.py)"
+    )
+    fw.add_argument("name")
     wf = sub.add_parser("wifi", help="fire the wlan0 add (up) or remove (down) uevent")
     wf.add_argument("name")
     wf.add_argument("state", choices=["up", "down"])
@@ -202,6 +215,11 @@ def run(args: argparse.Namespace) -> int:
             hide_tun=args.hide_tun,
             hostname=args.hostname,
             arch=args.arch,
+            onboard_fs=args.onboard_fs,
+            late_mount=args.late_mount,
+            no_var_run=args.no_var_run,
+            motd=args.motd,
+            no_base64=args.no_base64,
         )
         print(_describe(device))
     elif args.command == "down":
@@ -217,6 +235,10 @@ def run(args: argparse.Namespace) -> int:
         return _exec(args.name, args.cmd)
     elif args.command == "reboot":
         print(_describe(lab.reboot(args.name)))
+    elif args.command == "firmware":
+        from fleetlab import faults
+
+        print(_describe(faults.firmware(args.name)))
     elif args.command == "wifi":
         for result in lab.wifi(args.name, args.state):
             status = "timed out (killed)" if result.returncode is None else f"exit {result.returncode}"

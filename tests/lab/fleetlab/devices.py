@@ -19,13 +19,16 @@ class Profile:
     dirs: tuple[str, ...]  # directories of the real device's layout
     files: dict[str, str]  # path -> content written into the template
     root_size: str  # tmpfs size of the writable layer of /: "small /" is a size limit, not a promise
-    data_mounts: tuple[tuple[str, str], ...]  # (path, tmpfs size): separate mounts that survive `reboot`
+    data_mounts: tuple[tuple[str, str], ...]  # (path, size): separate mounts that survive `reboot`
     boot: str  # "rc5": /etc/rc5.d/S* start from /etc/init.d/rcS; "udev": the lab fires `add loop0`
     telnet: bool  # busybox telnetd on port 23 (respawned by init)
     adb: bool  # the lab adbd on port 5555 (fleetlab/adbd.py)
     hostname: str | None = None  # fixed hostname; None: the device's name
     tun_node: bool = True  # /dev/net/tun present at boot
     volatile: tuple[str, ...] = ("/tmp", "/run")  # tmpfs inside the device: empty after every boot
+    # Filesystem of the data mounts: "tmpfs" (a host tmpfs), or "fat" (a FAT32 image file, mkfs.vfat, mounted by
+    # fusefat inside the device's mount namespace at every boot: no symlinks, no chmod, no owners, case-insensitive).
+    data_fs: str = "tmpfs"
 
     @property
     def uname_machine(self) -> str:
@@ -114,6 +117,7 @@ PROFILES: dict[str, Profile] = {
         # A Kobo's / has a few MB free; binaries go to /mnt/onboard (the FAT user partition on the real thing).
         root_size="16m",
         data_mounts=(("/mnt/onboard", "512m"),),
+        data_fs="fat",  # the real /mnt/onboard is the FAT32 user partition a PC sees over USB
         boot="udev",
         telnet=True,
         adb=False,
@@ -135,6 +139,11 @@ PROFILES: dict[str, Profile] = {
 }
 
 ALL_PROFILES = (*PROFILES, "systemd")
+DATA_FILESYSTEMS = ("tmpfs", "fat")
+
+# `fleetlab up --motd`: what a vendor shell greets with, and a coloured prompt (ANSI escapes, user@host:cwd#).
+MOTD = "\n  BusyBox embedded device\n  Unauthorised access prohibited. All activity is logged.\n\n"
+COLOUR_PS1 = "export PS1='\\[\\033[1;32m\\]\\u@\\h\\[\\033[0m\\]:\\[\\033[1;34m\\]\\w\\[\\033[0m\\]\\$ '\n"
 
 
 def get(name: str, arch: str | None = None) -> Profile:

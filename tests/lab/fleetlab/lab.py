@@ -115,6 +115,36 @@ def _customise(device: Device) -> None:
         shadow = root / "etc/shadow"
         shadow.write_text(f"root:{hashed}:19000:0:99999:7:::\n")
         shadow.chmod(0o600)
+    if device.extra.get("no_var_run"):
+        # No /var/run at all (the template's link to /run removed): whatever needs it must create it.
+        (root / "var/run").unlink(missing_ok=True)
+    if device.extra.get("motd"):
+        # busybox login prints /etc/motd; the login shell reads /etc/profile: a coloured prompt.
+        (root / "etc/motd").write_text(devices.MOTD)
+        profile = root / "etc/profile"
+        profile.write_text(profile.read_text() + devices.COLOUR_PS1)
+    if device.extra.get("no_base64"):
+        _drop_base64_applet(root)
+
+
+# busybox's sorted applet-name table around base64; "base6_" sorts at the same place (awk < base6_ < basename),
+# so the binary search for every other applet still works.
+_APPLET_NAMES = b"\x00base64\x00basename\x00"
+
+
+def _drop_base64_applet(root: Path) -> None:
+    """A busybox built without base64: Debian's busybox-static runs applets without links (its shell is
+    standalone), so the device's copy gets the applet renamed in its name table and the link removed."""
+    for rel in ("bin/base64", "usr/bin/base64"):
+        (root / rel).unlink(missing_ok=True)
+    path = root / "bin/busybox"
+    data = path.read_bytes()
+    if data.count(_APPLET_NAMES) != 1:
+        raise LabError("--no-base64: this busybox's applet table is not the one the lab knows how to edit")
+    tmp = path.with_name(".busybox.fleetlab")
+    tmp.write_bytes(data.replace(_APPLET_NAMES, _APPLET_NAMES.replace(b"base64", b"base6_")))
+    tmp.chmod(0o755)
+    tmp.replace(path)
 
 
 def _start_adbd(device: Device) -> None:
@@ -142,9 +172,24 @@ def _start_adbd(device: Device) -> None:
     device.extra["adbd"] = {"pid": proc.pid, "starttime": ProcRef.of(proc.pid).starttime}
 
 
+def _start_fat(device: Device, profile: Profile) -> None:
+    """FAT data mounts: fusefat inside the device's mount namespace, now or `late_mount` seconds after boot."""
+    if rootfs.data_fs(device, profile) != "fat":
+        return
+    delay = float(device.extra.get("late_mount") or 0)
+    refs = [boot.start_fat(device, path, rootfs.fat_image(device, path), delay) for path, _size in profile.data_mounts]
+    device.extra["fat"] = [{"pid": r.pid, "starttime": r.starttime} for r in refs]
+
+
+def _stop_fat(device: Device) -> None:
+    refs = [ProcRef(**ref) for ref in device.extra.pop("fat", [])]
+    boot.stop_fat(refs)
+
+
 def _boot(device: Device, profile: Profile) -> None:
     """Start init (which runs rcS: rc5.d S* scripts on rc5 profiles), the door daemons, then the boot uevent."""
     boot.start_init(device, profile)
+    _start_fat(device, profile)
     device.save()
     boot.wait_booted(device, devices.BOOTED_MARKER)
     if profile.telnet:
@@ -172,9 +217,18 @@ def up(
     hide_tun: bool = False,
     hostname: str | None = None,
     arch: str | None = None,
+    onboard_fs: str | None = None,
+    late_mount: float = 0,
+    no_var_run: bool = False,
+    motd: bool = False,
+    no_base64: bool = False,
 ) -> Device:
     """Create and boot a device; returns its record (address, services). arch: the userland's Debian architecture
-    when not the profile's (a kobo-shaped box with an amd64 userland: `arch="amd64"`)."""
+    when not the profile's (a kobo-shaped box with an amd64 userland: `arch="amd64"`).
+
+    Field traits: onboard_fs "fat" or "tmpfs" for the data mounts (kobo default fat); late_mount: seconds after
+    boot before a FAT data mount appears (every boot); no_var_run: no /var/run; motd: /etc/motd and a coloured
+    prompt; no_base64: no base64 applet link."""
     require_root()
     check_name(name)
     if profile == "systemd":
@@ -188,6 +242,25 @@ def up(
         raise LabError("--hide-tun hides tun from the kernel view: it cannot go with --tun-node")
     if login_prompt and not prof.adb:
         raise LabError("--login-prompt is for the adb door (quecopen); telnet always asks for a login")
+    if onboard_fs is not None and onboard_fs not in devices.DATA_FILESYSTEMS:
+        raise LabError(f"--onboard-fs must be one of {', '.join(devices.DATA_FILESYSTEMS)}")
+    if not prof.data_mounts and (onboard_fs or late_mount):
+        raise LabError(f"profile {profile} has no data mount: --onboard-fs/--late-mount do not apply")
+    if late_mount and (onboard_fs or prof.data_fs) != "fat":
+        raise LabError("--late-mount needs a FAT data mount (--onboard-fs fat)")
+    if late_mount < 0:
+        raise LabError("--late-mount takes seconds >= 0")
+    traits: dict[str, object] = {
+        k: v
+        for k, v in {
+            "data_fs": onboard_fs or "",
+            "late_mount": late_mount,
+            "no_var_run": no_var_run,
+            "motd": motd,
+            "no_base64": no_base64,
+        }.items()
+        if v
+    }
     lower = rootfs.template(prof)
     with locked():
         if (DEVICES_DIR / name).exists():
@@ -205,6 +278,7 @@ def up(
             hide_tun=hide_tun,
             template=str(lower),
             services={"telnet": TELNET_PORT} if prof.telnet else {"adb": ADB_PORT},
+            extra=dict(traits),
         )
         device.save()  # reserves name and address for concurrent `up`s
         netns.ensure_bridge()
@@ -240,6 +314,7 @@ def _kill_recorded(device: Device) -> None:
 
 
 def _teardown(device: Device) -> None:
+    _stop_fat(device)
     _kill_recorded(device)
     if device.extra.get("lan"):  # a LAN behind the device (fleetlab/lan.py): its netns goes first
         importlib.import_module("fleetlab.lan").teardown(device)
@@ -381,6 +456,7 @@ def reboot(name: str) -> Device:
     if device.profile == "systemd":
         return _optional_module("systemd_device", "the systemd profile").reboot(name)
     prof = devices.get(device.profile, device.arch or None)
+    _stop_fat(device)  # fusefat writes back and unmounts first: the FAT image keeps what was written
     _kill_recorded(device)
     device.extra.pop("adbd", None)
     boot.stop_init(device)

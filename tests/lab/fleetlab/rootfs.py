@@ -150,6 +150,21 @@ def is_mounted(path: str) -> bool:
         return any(line.split()[1] == path for line in fh)
 
 
+def data_fs(device: Device, profile: Profile) -> str:
+    """The filesystem of the device's data mounts: the `up --onboard-fs` choice, else the profile's."""
+    return str(device.extra.get("data_fs") or profile.data_fs)
+
+
+def fat_image(device: Device, path: str) -> Path:
+    """The FAT32 image file behind a data mount (in the device dir: it survives `reboot`, goes at `down`)."""
+    return device.dir / f"data{path.replace('/', '-')}.img"
+
+
+def _size_bytes(size: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    return int(size[:-1]) * units[size[-1].lower()] if size[-1].lower() in units else int(size)
+
+
 def mount_device_root(device: Device, profile: Profile, lower: Path) -> None:
     """Host-side mounts of the device: they outlive the device's own mount namespace, so files survive reboot."""
     rw = device.dir / "rw"
@@ -165,6 +180,14 @@ def mount_device_root(device: Device, profile: Profile, lower: Path) -> None:
     for path, size in profile.data_mounts:
         target = device.root / path.lstrip("/")
         target.mkdir(parents=True, exist_ok=True)
+        if data_fs(device, profile) == "fat":
+            # A sparse image file; fusefat mounts it inside the device at every boot (fleetlab.boot.start_fat).
+            image = fat_image(device, path)
+            with open(image, "wb") as fh:
+                fh.truncate(_size_bytes(size))
+            label = path.rstrip("/").rsplit("/", 1)[-1].upper()[:11] or "DATA"
+            _run(["mkfs.vfat", "-F", "32", "-n", label, str(image)])
+            continue
         mount("-t", "tmpfs", "-o", f"size={size},mode=0755", f"fleetlab-{device.name}-data", str(target))
         device.host_mounts.append(str(target))
 

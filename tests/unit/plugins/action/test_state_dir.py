@@ -77,3 +77,37 @@ def test_error_and_cut_short_outputs_fail() -> None:
         interpret("@@changes\nmove /a\n@@error\ncannot move /a to /b\n", "/s", "/s/logs")
     with pytest.raises(AnsibleActionFail, match="cut short"):
         interpret("@@changes\n", "/s", "/s/logs")
+
+
+def run_backup(tmp: Path, backup: Path, *, dry: bool = False) -> tuple[dict[str, Any], str]:
+    assert BUSYBOX is not None
+    sd, logs = str(tmp / "new/state"), str(tmp / "new/state/logs")
+    script = render(sd, logs, [], dry, backup=str(backup))
+    proc = subprocess.run([BUSYBOX, "sh", "-c", script], capture_output=True, text=True, timeout=30, check=False)
+    return interpret(proc.stdout, sd, logs), proc.stdout
+
+
+def test_backup_is_restored_when_the_state_is_gone_then_kept_up_to_date(tmp_path: Path) -> None:
+    # A firmware update wiped the root filesystem's state dir; the copy on the storage survived.
+    backup = tmp_path / "onboard/state-backup/tailscaled.state"
+    backup.parent.mkdir(parents=True)
+    backup.write_text(NODE_STATE)
+    dry, _ = run_backup(tmp_path, backup, dry=True)
+    assert f"restore {backup}" in dry["changes"] and not (tmp_path / "new/state/tailscaled.state").exists()
+    first, _ = run_backup(tmp_path, backup)
+    new = tmp_path / "new/state/tailscaled.state"
+    assert first["facts"]["restored_from"] == str(backup)
+    assert new.read_text() == NODE_STATE and new.stat().st_mode & 0o777 == 0o600
+    assert backup.read_text() == NODE_STATE
+    # tailscaled changed its state: the copy follows, and that is no change of the device's configuration.
+    new.write_text(NODE_STATE.replace("abc", "xyz"))
+    second, _ = run_backup(tmp_path, backup)
+    assert second["changes"] == [] and second["facts"]["backup_refreshed"]
+    assert backup.read_text() == new.read_text()
+    third, _ = run_backup(tmp_path, backup)
+    assert third["changes"] == [] and not third["facts"]["backup_refreshed"]
+
+
+def test_a_state_dir_on_fat_is_refused() -> None:
+    with pytest.raises(AnsibleActionFail, match="in-memory store"):
+        interpret("@@nomode\nvfat\n@@end\n", "/mnt/onboard/.tailscale/state", "/mnt/onboard/.tailscale/state/logs")
