@@ -270,7 +270,9 @@ def prepare_script(plan: Plan, dirs: t.Sequence[str]) -> str:
     """Create the parent dirs and drop stale temp files before the uploads (only run when something uploads)."""
     wanted = sorted(set(dirs) | {posixpath.dirname(f.dest) for f in plan.uploads})
     cmds = [f"mkdir -p {' '.join(sh_quote(d) for d in wanted)}"] if wanted else []
-    cmds += [f"rm -f {sh_quote(tmp_name(f.dest))}" for f in plan.uploads]
+    # The glob also takes the connection's own temp copy of an earlier upload that a cut link or a power loss left
+    # (put_file writes TMP.fmtmpXXXXXXXX and renames it to TMP only once its digest matched).
+    cmds += [f"rm -f {sh_quote(tmp_name(f.dest))} {sh_quote(tmp_name(f.dest) + TMP_SUFFIX)}*" for f in plan.uploads]
     return " && ".join(cmds) + "\n" if cmds else ""
 
 

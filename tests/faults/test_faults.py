@@ -150,12 +150,6 @@ FAULTS = [
         cleanup=lambda rig: lab.unshape(NAME),
         message=r"UNREACHABLE",
         power_loss=True,
-        xfail=(
-            "a put_file cut mid-transfer leaves its temp file (<dest>.fmtmpXXXXXXXX, here "
-            "/opt/tailscale/<version>/.tailscale.fmtmp.fmtmpXXXXXXXX) on the device for good: the device-side "
-            "`base64 -d > tmp` dies with the session, and no later run removes stale .fmtmp files "
-            "(plugin_utils/_shell_session.py put, plugins/action/install_files.py)"
-        ),
     ),
     Fault(
         "pull-cut",
@@ -173,11 +167,6 @@ FAULTS = [
         watch=reboot_mid_transfer,
         message=r"the connection was lost",
         power_loss=True,
-        xfail=(
-            "a power loss mid-transfer leaves the upload's temp file (/opt/tailscale/<version>/"
-            ".tailscale.fmtmp.fmtmpXXXXXXXX) on the device for good: no later run removes stale .fmtmp files "
-            "(plugins/action/install_files.py)"
-        ),
     ),
     Fault(
         "reboot-boot",

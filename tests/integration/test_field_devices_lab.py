@@ -112,7 +112,7 @@ def test_fat_onboard_no_var_run_converges_and_watchdog(kobo: Any, work: Path, mi
     # Repeated fast deaths: the watchdog gives up and says why.
     sh(KOBO, f"{CTL} start")
     killed: set[str] = set()
-    for _ in range(3):
+    for _round in range(3):
         assert wait_for(lambda: bool(set(daemons(KOBO)) - killed), 30), sh(KOBO, f"tail -5 {LOG}")
         pid = sorted(set(daemons(KOBO)) - killed)[0]
         sh(KOBO, f"kill -9 {pid}")

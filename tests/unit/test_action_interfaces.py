@@ -28,7 +28,7 @@ def _doc_options(name: str) -> dict:
     for fragment in doc.get("extends_documentation_fragment") or []:
         if not fragment.startswith(OWN_FRAGMENTS):
             continue  # ansible.builtin fragments add attributes, not options
-        fragment_name, _, var = fragment[len(OWN_FRAGMENTS) :].partition(".")
+        fragment_name, _dot, var = fragment[len(OWN_FRAGMENTS) :].partition(".")
         holder = importlib.import_module(
             f"ansible_collections.fleetmesh.tailscale.plugins.doc_fragments.{fragment_name}"
         )

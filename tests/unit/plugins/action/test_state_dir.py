@@ -92,19 +92,19 @@ def test_backup_is_restored_when_the_state_is_gone_then_kept_up_to_date(tmp_path
     backup = tmp_path / "onboard/state-backup/tailscaled.state"
     backup.parent.mkdir(parents=True)
     backup.write_text(NODE_STATE)
-    dry, _ = run_backup(tmp_path, backup, dry=True)
+    dry, _log = run_backup(tmp_path, backup, dry=True)
     assert f"restore {backup}" in dry["changes"] and not (tmp_path / "new/state/tailscaled.state").exists()
-    first, _ = run_backup(tmp_path, backup)
+    first, _log = run_backup(tmp_path, backup)
     new = tmp_path / "new/state/tailscaled.state"
     assert first["facts"]["restored_from"] == str(backup)
     assert new.read_text() == NODE_STATE and new.stat().st_mode & 0o777 == 0o600
     assert backup.read_text() == NODE_STATE
     # tailscaled changed its state: the copy follows, and that is no change of the device's configuration.
     new.write_text(NODE_STATE.replace("abc", "xyz"))
-    second, _ = run_backup(tmp_path, backup)
+    second, _log = run_backup(tmp_path, backup)
     assert second["changes"] == [] and second["facts"]["backup_refreshed"]
     assert backup.read_text() == new.read_text()
-    third, _ = run_backup(tmp_path, backup)
+    third, _log = run_backup(tmp_path, backup)
     assert third["changes"] == [] and not third["facts"]["backup_refreshed"]
 
 
