@@ -57,13 +57,19 @@ def private_adb_server() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def lab_control_plane() -> Iterator[None]:
+def lab_control_plane(request: pytest.FixtureRequest) -> Iterator[None]:
     """The lab's control plane (headscale + DERP, fleetlab/control.py) lives as long as the test session needs it.
 
     Lab tests start it on first use (`fleetlab.control.up()`, idempotent); if it was not running when the session
     began, the session stops it at the end, so the suite leaves no lab service behind. One that was already running
     (someone's `fleetlab control up`) is left alone.
     """
+    unit = Path(__file__).resolve().parent / "unit"
+    if all(Path(item.path).resolve().is_relative_to(unit) for item in request.session.items):
+        # A unit-only session never uses the lab, so it must not stop a control plane another session (a lab run
+        # going on at the same time) started while this one ran.
+        yield
+        return
     try:
         from fleetlab import control
     except ImportError:

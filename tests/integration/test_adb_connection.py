@@ -57,7 +57,22 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     for pidfile in (path / "cp").glob("fmadb-*.pid"):
         with contextlib.suppress(OSError, ValueError):  # already gone
             os.kill(int(pidfile.read_text()), signal.SIGTERM)
-    subprocess.run(["adb", "-P", str(port), "kill-server"], capture_output=True, check=False, timeout=30)
+    try:
+        subprocess.run(["adb", "-P", str(port), "kill-server"], capture_output=True, check=False, timeout=15)
+    except subprocess.TimeoutExpired:
+        # A server still holding a transport to a device whose namespace is gone can hang kill-server: end the
+        # process that listens on this module's private port (found by that port, its command line checked).
+        _kill_listener(port)
+
+
+def _kill_listener(port: int) -> None:
+    out = subprocess.run(
+        ["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, check=False, timeout=10
+    ).stdout
+    for pid in {int(m) for m in re.findall(r"pid=(\d+)", out)}:
+        with contextlib.suppress(OSError):
+            if b"adb" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]:
+                os.kill(pid, signal.SIGKILL)
 
 
 def _device(name: str, **kwargs: Any) -> Iterator[Any]:

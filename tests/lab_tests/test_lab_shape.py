@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from fleetlab import inventory, lab
+from fleetlab import control, inventory, lab
 from fleetlab.rawtelnet import RawTelnet, TelnetError
 from fleetlab.state import GATEWAY, Device, ProcRef
 
@@ -26,6 +26,9 @@ NAME = "lt-shape"
 
 @pytest.fixture
 def device() -> Iterator[Device]:
+    # The inventory hands out the lab headscale's keys, so it needs the control plane: started here when no earlier
+    # module left it running (the session's lab_control_plane fixture stops it at the end).
+    control.up()
     lab.down(NAME)
     yield lab.up(NAME, "sysvinit")
     lab.down(NAME)
