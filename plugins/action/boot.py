@@ -12,8 +12,9 @@ import typing as t
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import (
+    mount_guard,
     parse_sections,
-    require_mounted,
+    raise_if_unmounted,
     run_script,
     sh_quote,
 )
@@ -163,14 +164,13 @@ class ActionModule(ActionBase):
                 shell.add(files[-1].dest)
         links = link_specs(args["links"], files, root)
         dirs = [device_path(d, "dirs", root) for d in args["dirs"]]
-        if not root:
-            written = [f.dest for f in files] + dirs + [manifest]
-            require_mounted(self, str(args["storage_mount"]), int(args["storage_mount_timeout"]), written, "boot")
-
-        check = check_script(files, links, manifest, dirs).removesuffix("echo @@end\n")
+        mount, wait = str(args["storage_mount"]), int(args["storage_mount_timeout"])
+        guard = "" if root else mount_guard(mount, wait, [f.dest for f in files] + dirs + [manifest])
+        check = guard + check_script(files, links, manifest, dirs).removesuffix("echo @@end\n")
         if service:
             check += f"echo @@running; if ( {service['running']} ) >/dev/null 2>&1; then echo yes; else echo no; fi\n"
         run = run_script(self, check + "echo @@end\n", "boot check")
+        raise_if_unmounted(run.stdout, mount, wait)
         try:
             plan = plan_from_output(run.stdout, files, links, dirs, manifest, root=root)
         except ValueError as exc:

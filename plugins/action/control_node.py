@@ -35,18 +35,10 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         del tmp
         _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        if not args.get("control"):
-            raise AnsibleActionFail("control_node needs control, the control server's API (docs/controlplane.md)")
-        if not (args.get("node_key") or args.get("addresses") or args.get("hostname")):
-            raise AnsibleActionFail("control_node needs node_key, addresses or hostname to find the node")
         try:
+            api.require_target(args, "control_node")
             client = api.client(args["control"])
-            found = api.find_node(
-                client.nodes(),
-                node_key=args.get("node_key"),
-                addresses=[str(a) for a in args.get("addresses") or []],
-                hostname=args.get("hostname"),
-            )
+            found = api.find_node_of(client.nodes(), args)
             if args.get("hostname") and not (args.get("node_key") or args.get("addresses")) and len(found) > 1:
                 names = ", ".join(f"{n['name']} (id {n['id']})" for n in found)
                 raise AnsibleActionFail(f"hostname {args['hostname']} matches several nodes ({names}): give node_key")

@@ -40,12 +40,7 @@ def wanted_routes(current: list[str], routes: list[str] | None, exit_node: bool 
 
 
 def one_node(client: api._Client, args: dict[str, t.Any]) -> dict[str, t.Any] | None:
-    found = api.find_node(
-        client.nodes(),
-        node_key=args.get("node_key"),
-        addresses=[str(a) for a in args.get("addresses") or []],
-        hostname=args.get("hostname"),
-    )
+    found = api.find_node_of(client.nodes(), args)
     if len(found) > 1:
         names = ", ".join(f"{n['name']} (id {n['id']})" for n in found)
         raise AnsibleActionFail(f"more than one node matches ({names}): give node_key or addresses")
@@ -63,11 +58,8 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         del tmp
         _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        if not args.get("control"):
-            raise AnsibleActionFail("control_routes needs control, the control server's API (docs/controlplane.md)")
-        if not (args.get("node_key") or args.get("addresses") or args.get("hostname")):
-            raise AnsibleActionFail("control_routes needs node_key, addresses or hostname to find the node")
         try:
+            api.require_target(args, "control_routes")
             client = api.client(args["control"])
             return self._run(client, args, result)
         except api.ControlError as exc:

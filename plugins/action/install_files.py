@@ -9,8 +9,9 @@ import typing as t
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import (
+    mount_guard,
     parse_sections,
-    require_mounted,
+    raise_if_unmounted,
     run_script,
 )
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan import (
@@ -80,13 +81,11 @@ class ActionModule(ActionBase):
         files = [file_spec(str(item["src"]), item["dest"], str(item["mode"]), root) for item in args["files"]]
         links = link_specs(args["links"], files, root)
         dirs = [device_path(d, "dirs", root) for d in args["dirs"]]
-        if not root:
-            written = [f.dest for f in files] + dirs + ([manifest] if manifest else [])
-            require_mounted(
-                self, str(args["storage_mount"]), int(args["storage_mount_timeout"]), written, "install_files"
-            )
-
-        run = run_script(self, check_script(files, links, manifest, dirs), "install_files check")
+        mount, wait = str(args["storage_mount"]), int(args["storage_mount_timeout"])
+        written = [f.dest for f in files] + dirs + ([manifest] if manifest else [])
+        guard = "" if root else mount_guard(mount, wait, written)
+        run = run_script(self, guard + check_script(files, links, manifest, dirs), "install_files check")
+        raise_if_unmounted(run.stdout, mount, wait)
         try:
             plan = plan_from_output(run.stdout, files, links, dirs, manifest, root=root)
         except ValueError as exc:

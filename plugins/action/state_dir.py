@@ -10,8 +10,9 @@ import typing as t
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import (
+    mount_guard,
     parse_sections,
-    require_mounted,
+    raise_if_unmounted,
     run_script,
     sh_quote,
 )
@@ -163,16 +164,11 @@ class ActionModule(ActionBase):
         logs_dir = _abs(args["logs_dir"], "logs_dir") if args["logs_dir"] else posixpath.join(state_dir, "logs")
         old = [_abs(p, "old_paths") for p in args["old_paths"]]
         backup = _abs(args["backup"], "backup") if args["backup"] else ""
-        if not root:
-            require_mounted(
-                self,
-                str(args["storage_mount"]),
-                int(args["storage_mount_timeout"]),
-                [state_dir, logs_dir] + ([backup] if backup else []),
-                "state dir",
-            )
+        mount, wait = str(args["storage_mount"]), int(args["storage_mount_timeout"])
+        guard = "" if root else mount_guard(mount, wait, [state_dir, logs_dir] + ([backup] if backup else []))
         script = render(state_dir, logs_dir, old, bool(self._task.check_mode), root, backup=backup)
-        run = run_script(self, script, "state dir")
+        run = run_script(self, guard + script, "state dir")
+        raise_if_unmounted(run.stdout, mount, wait)
         info = interpret(run.stdout, state_dir, logs_dir)
         if root:
             info["changes"] = [change.replace(root + "/", "/") for change in info["changes"]]

@@ -500,6 +500,24 @@ def find_node(
     return []
 
 
+def require_target(args: dict[str, t.Any], action: str) -> None:
+    """The checks every node action makes of its arguments before calling the server: an API and a way to the node."""
+    if not args.get("control"):
+        raise ControlError(f"{action} needs control, the control server's API (docs/controlplane.md)")
+    if not (args.get("node_key") or args.get("addresses") or args.get("hostname")):
+        raise ControlError(f"{action} needs node_key, addresses or hostname to find the node")
+
+
+def find_node_of(nodes: list[dict[str, t.Any]], args: dict[str, t.Any]) -> list[dict[str, t.Any]]:
+    """find_node with a node action's own node_key / addresses / hostname arguments."""
+    return find_node(
+        nodes,
+        node_key=args.get("node_key"),
+        addresses=[str(a) for a in args.get("addresses") or []],
+        hostname=args.get("hostname"),
+    )
+
+
 def public(node: dict[str, t.Any]) -> dict[str, t.Any]:
     """A node as actions return it (without the raw server JSON)."""
     return {k: v for k, v in node.items() if k != "raw"}

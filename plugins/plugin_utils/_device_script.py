@@ -52,12 +52,12 @@ def sh_quote(value: str) -> str:
 
 
 def mount_wait_script(mount: str, timeout: int) -> str:
-    """Wait up to ``timeout`` s for ``mount`` in the device's mount table; prints section mounted or unmounted."""
+    """Wait up to ``timeout`` s for ``mount`` in the device's mount table; when it never appears, print section
+    unmounted and end the script (exit 0, nothing after it runs). Silent when mounted."""
     m = sh_quote(mount)
     return (
         f"i=0; while ! awk -v m={m} '$2 == m {{f = 1}} END {{exit !f}}' /proc/mounts; do "
-        f'if [ "$i" -ge {int(timeout)} ]; then echo @@unmounted; echo @@end; exit 0; fi; sleep 1; i=$((i + 1)); done; '
-        "echo @@mounted; echo @@end\n"
+        f'if [ "$i" -ge {int(timeout)} ]; then echo @@unmounted; echo @@end; exit 0; fi; sleep 1; i=$((i + 1)); done\n'
     )
 
 
@@ -67,20 +67,19 @@ def under_mount(mount: str, paths: t.Iterable[str]) -> bool:
     return bool(mount) and any(p == mount or p.startswith(mount + "/") for p in paths)
 
 
-def require_mounted(action: t.Any, mount: str, timeout: int, paths: t.Iterable[str], what: str) -> None:
-    """Before anything is written below a storage mount: wait (bounded) until the device's /proc/mounts lists it;
-    fail with nothing written when it never does. The mount point existing as a directory proves nothing: writing
-    there would fill the root filesystem and be hidden once the storage is mounted over it."""
+def mount_guard(mount: str, timeout: int, paths: t.Iterable[str]) -> str:
+    """Shell for the head of an action's first device script (its read-only check, so no round trip of its own):
+    before anything is written below a storage mount, wait (bounded) until the device's /proc/mounts lists it. The
+    mount point existing as a directory proves nothing: writing there would fill the root filesystem and be hidden
+    once the storage is mounted over it. Empty when none of the paths is below the mount."""
     mount = str(mount or "").rstrip("/")
-    if not under_mount(mount, paths):
-        return
-    run = run_script(action, mount_wait_script(mount, timeout), f"{what} mount check")
-    sec = parse_sections(run.stdout)
-    if "mounted" in sec:
-        return
-    if "unmounted" in sec:
+    return mount_wait_script(mount, timeout) if under_mount(mount, paths) else ""
+
+
+def raise_if_unmounted(stdout: str, mount: str, timeout: int) -> None:
+    """Fail, with nothing written, when a script headed by mount_guard found the storage not mounted."""
+    if "unmounted" in parse_sections(stdout):
         raise AnsibleActionFail(
-            f"{mount} is not mounted (the device's /proc/mounts, checked for {int(timeout)}s): not mounted: is it in "
-            "USB storage mode, or not mounted yet after boot? Nothing was written."
+            f"{str(mount).rstrip('/')} is not mounted (the device's /proc/mounts, checked for {int(timeout)}s): not "
+            "mounted: is it in USB storage mode, or not mounted yet after boot? Nothing was written."
         )
-    raise AnsibleActionFail(f"{what}: cannot check whether {mount} is mounted: {(run.stdout + run.stderr)[:400]}")
