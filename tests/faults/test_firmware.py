@@ -28,9 +28,9 @@ from fleetlab import control, faults, lab
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 CASES = {
-    # profile: (device name, its storage mount: what a firmware update keeps)
-    "kobo": ("ft-fwk", "/mnt/onboard"),
-    "quecopen": ("ft-fwq", "/usrdata"),
+    # profile: (device name, its storage mount: what a firmware update keeps, the live tailscaled.state)
+    "kobo": ("ft-fwk", "/mnt/onboard", "/usr/local/fleetmesh-tailscale/state/tailscaled.state"),
+    "quecopen": ("ft-fwq", "/usrdata", "/usrdata/tailscale/state/tailscaled.state"),
 }
 
 
@@ -83,7 +83,7 @@ def test_firmware_update_then_site_restores_the_same_node(profile: str, mirror: 
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (namespaces, mounts, veths)")
     url, work = mirror
-    name, storage = CASES[profile]
+    name, storage, live = CASES[profile]
     tmp = work / profile
     tmp.mkdir()
     lab.down(name)
@@ -101,9 +101,15 @@ def test_firmware_update_then_site_restores_the_same_node(profile: str, mirror: 
         assert len(ids) == 1, ids
         stop_sessions(tmp / "cp")
         # The kobo's state lives on / (FAT refuses tailscaled's chmod); its watchdog copies it to the FAT storage
-        # within a 2 s tick of a change. quecopen keeps the state itself on /usrdata.
-        assert wait_for(lambda: stored_states(name, storage), 20), (
-            f"no tailscaled.state on {storage} within 20 s: nothing would survive a firmware update"
+        # within a 2 s tick of a change. quecopen keeps the state itself on /usrdata. Either way the storage must
+        # hold the live state as it is now (the login's node key), not an earlier one.
+        def kept_live() -> bool:
+            digest = sh(name, f"sha256sum {live}").stdout.split()[:1]
+            return bool(digest) and digest[0] in stored_states(name, storage).values()
+
+        assert wait_for(kept_live, 20), (
+            f"{storage} holds no copy of the live {live} within 20 s: a firmware update would lose the node: "
+            f"{stored_states(name, storage)}"
         )
         kept = stored_states(name, storage)
 
