@@ -98,7 +98,7 @@ def render(
     )
 
 
-def interpret(output: str, state_dir: str, logs_dir: str) -> dict[str, t.Any]:
+def interpret(output: str, state_dir: str, logs_dir: str, backup: str = "") -> dict[str, t.Any]:
     """The facts and change list from the script's output (pure: unit-tested on recorded outputs)."""
     sec = parse_sections(output)
     if "nomode" in sec:
@@ -124,6 +124,8 @@ def interpret(output: str, state_dir: str, logs_dir: str) -> dict[str, t.Any]:
             "state_dir": state_dir,
             "state_file": state_file,
             "logs_dir": logs_dir,
+            # The copy of the state on other storage ('' for none): the boot role's watchdog keeps it up to date.
+            "backup": backup,
             "state_present": "state_present" in status,
             "moved_from": moved[0] if moved else "",
             "restored_from": restored[0] if restored else "",
@@ -169,7 +171,7 @@ class ActionModule(ActionBase):
         script = render(state_dir, logs_dir, old, bool(self._task.check_mode), root, backup=backup)
         run = run_script(self, guard + script, "state dir")
         raise_if_unmounted(run.stdout, mount, wait)
-        info = interpret(run.stdout, state_dir, logs_dir)
+        info = interpret(run.stdout, state_dir, logs_dir, backup)
         if root:
             info["changes"] = [change.replace(root + "/", "/") for change in info["changes"]]
         for path in info["both_exist"]:

@@ -100,6 +100,7 @@ def test_firmware_update_then_site_restores_the_same_node(profile: str, mirror: 
         ids = node_ids(hostname)
         assert len(ids) == 1, ids
         stop_sessions(tmp / "cp")
+
         # The kobo's state lives on / (FAT refuses tailscaled's chmod); its watchdog copies it to the FAT storage
         # within a 2 s tick of a change. quecopen keeps the state itself on /usrdata. Either way the storage must
         # hold the live state as it is now (the login's node key), not an earlier one.

@@ -1,0 +1,77 @@
+"""Each role publishes one contract fact, fleetmesh_<role>; where a role's contract is also planned without the role's
+device work (state_dir's plan entry point, for the boot role on its own), the plan and the action agree."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from ansible_collections.fleetmesh.tailscale.plugins.action.state_dir import interpret
+
+from repo_checkout import REPO, ansible_env
+
+pytestmark = pytest.mark.slow
+
+PLAY = """\
+- name: Plan the state dir without the device
+  hosts: all
+  gather_facts: false
+  roles:
+    - role: fleetmesh.tailscale.device
+  tasks:
+    - name: Plan
+      ansible.builtin.include_role:
+        name: fleetmesh.tailscale.state_dir
+        tasks_from: plan
+    - name: Keep the fact
+      ansible.builtin.copy:
+        content: "{{ fleetmesh_state_dir | to_json }}"
+        dest: "{{ out }}"
+        mode: "0600"
+"""
+
+
+@pytest.mark.parametrize(
+    ("profile", "extra"),
+    [
+        ("kobo", {}),
+        ("quecopen", {"state_dir_path": "/data/ts", "state_dir_logs_dir": "/data/ts-logs"}),
+    ],
+)
+def test_state_dir_plan_publishes_what_the_action_does(tmp_path: Path, profile: str, extra: dict) -> None:
+    out = tmp_path / "fact.json"
+    host = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+        "device_profile": profile,
+        "out": str(out),
+        **extra,
+    }
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps({"all": {"hosts": {"box": host}}}))
+    play = tmp_path / "play.yml"
+    play.write_text(PLAY)
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", str(inventory), str(play)],
+        cwd=REPO,
+        env=ansible_env(home, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    planned = json.loads(out.read_text())
+    data = yaml.safe_load((REPO / f"roles/device/vars/profiles/{profile}.yml").read_text())
+    profile_data = data["device_profile_base"]
+    state_dir = extra.get("state_dir_path", profile_data["state_dir"])
+    logs_dir = extra.get("state_dir_logs_dir", state_dir + "/logs")
+    backup = profile_data.get("state_backup", "")
+    # What the action publishes for the same dirs on a device with no state and no daemon yet.
+    acted = interpret("@@status\n@@end\n", state_dir, logs_dir, backup)["facts"]
+    assert planned == acted
