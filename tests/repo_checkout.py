@@ -20,6 +20,21 @@ def ansible_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def run_playbook(args: list[str], home: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """ansible-playbook ARGS from the checkout, with its ansible.cfg and an isolated home (not checked: the caller
+    asserts on the result)."""
+    home.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        ["ansible-playbook", *args],
+        cwd=REPO,
+        env=ansible_env(home, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def copy_checkout(dest: Path) -> Path:
     """Copy the files git would put in a fresh clone (tracked plus new, unignored ones), symlinks kept as links."""
     listing = subprocess.run(

@@ -204,7 +204,7 @@ from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNo
 from ansible.module_utils.common.text.converters import to_bytes, to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
-from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils import _session_daemon
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils import _session_client, _session_options
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._adb_client import (
     AdbClient,
     AdbError,
@@ -251,13 +251,13 @@ class Connection(ConnectionBase):
             },
             "connect_timeout": float(self.get_option("timeout")),
             "command_timeout": float(self.get_option("command_timeout")),
-            "login": _session_daemon.login_settings(self, line_end="\n"),
+            "login": _session_options.login_settings(self, line_end="\n"),
             "persist": float(self.get_option("persist_timeout")),
         }
 
     def _control_socket(self) -> str:
         cfg = self._config()
-        return _session_daemon.control_socket(
+        return _session_options.control_socket(
             self, "fmadb", cfg["adb"]["server_port"], cfg["adb"]["serial"], cfg["login"]["user"]
         )
 
@@ -303,7 +303,7 @@ class Connection(ConnectionBase):
 
     def _start_session(self, socket_path: str) -> None:
         """Use (or start) the host's logged-in background session."""
-        reply = _session_daemon.ensure(socket_path, self._config(), self._vvv)
+        reply = _session_client.ensure(socket_path, self._config(), self._vvv)
         if "error" in reply:
             self._unwrap(reply, b"")
         self._socket_path = socket_path
@@ -384,7 +384,7 @@ class Connection(ConnectionBase):
         if self._socket_path is None:
             raise AnsibleConnectionFailure("adb: no session (internal error)")
         req = {"op": "exec", "cmd": to_bytes(command, errors="surrogate_or_strict").hex()}
-        reply, payload = self._unwrap(*_session_daemon.request(self._socket_path, self._config(), req, self._vvv))
+        reply, payload = self._unwrap(*_session_client.request(self._socket_path, self._config(), req, self._vvv))
         return reply["rc"], payload[: reply["stdout"]], payload[reply["stdout"] :]
 
     def exec_command(self, cmd: str, in_data: bytes | None = None, sudoable: bool = True) -> tuple[int, bytes, bytes]:
@@ -508,14 +508,14 @@ class Connection(ConnectionBase):
         self._connect()
         if self._socket_path is None:
             return None
-        return self._unwrap(*_session_daemon.request(self._socket_path, self._config(), {"op": "stats"}, self._vvv))[0]
+        return self._unwrap(*_session_client.request(self._socket_path, self._config(), {"op": "stats"}, self._vvv))[0]
 
     def reset(self) -> None:
         """End the host's logged-in session, if any (meta: reset_connection): the next task logs in again."""
         socket_path = self._control_socket()
         if os.path.exists(socket_path):
             with contextlib.suppress(OSError):  # it had exited already
-                _session_daemon.call(socket_path, {"op": "stop"})
+                _session_client.call(socket_path, {"op": "stop"})
         self._socket_path = None
         self._connected = False
 

@@ -205,18 +205,27 @@ EXAMPLES = r"""
 import contextlib
 import os
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
 from ansible.module_utils.common.text.converters import to_bytes, to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
-from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils import _session_daemon, _shell_session
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils import (
+    _session_client,
+    _session_daemon,
+    _session_options,
+    _shell_session,
+)
 
 display = Display()
 
 # Failures that mean "this host cannot be used": Ansible reports them as UNREACHABLE.
 _UNREACHABLE = {"ConnectError", "LoginError", "SessionLost", "CommandTimeout"}
+
+
+def _unusable(err: OSError) -> NoReturn:
+    raise AnsibleConnectionFailure(f"telnet session process unusable: {err}") from None
 
 
 class Connection(ConnectionBase):
@@ -239,14 +248,14 @@ class Connection(ConnectionBase):
             "port": int(self.get_option("port")),
             "connect_timeout": float(self.get_option("timeout")),
             "command_timeout": float(self.get_option("command_timeout")),
-            "login": _session_daemon.login_settings(self),
+            "login": _session_options.login_settings(self),
             "http_host": None if self.get_option("http_host") is None else str(self.get_option("http_host")),
             "http_port": int(self.get_option("http_port")),
             "persist": float(self.get_option("persist_timeout")),
         }
 
     def _control_socket(self, cfg: dict[str, Any]) -> str:
-        return _session_daemon.control_socket(self, "fmtelnet", cfg["host"], cfg["port"], cfg["login"]["user"])
+        return _session_options.control_socket(self, "fmtelnet", cfg["host"], cfg["port"], cfg["login"]["user"])
 
     # ------------------------------------------------------------------------------------------------- session
 
@@ -273,17 +282,17 @@ class Connection(ConnectionBase):
         display.vvv(f"telnet: {msg}", host=str(self.get_option("remote_addr")))
 
     def _ensure_daemon(self, cfg: dict[str, Any]) -> None:
-        """Reuse the host's background session, or start one (shared with the adb plugin: _session_daemon)."""
+        """Reuse the host's background session, or start one (shared with the adb plugin: _session_client)."""
         if self._socket_path is None:
             raise AnsibleError("telnet: no control socket path (internal error)")
-        reply = _session_daemon.ensure(self._socket_path, cfg, self._vvv)
+        reply = _session_client.ensure(self._socket_path, cfg, self._vvv)
         if "error" in reply:
             self._unwrap(reply, b"")
 
     def _daemon_call(self, req: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         if self._socket_path is None:
             raise ConnectionRefusedError("no background session")
-        return _session_daemon.call(self._socket_path, req)
+        return _session_client.call(self._socket_path, req)
 
     def _local_call(self, req: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         if self._local_session is None:
@@ -294,15 +303,11 @@ class Connection(ConnectionBase):
     def _call(self, req: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         if self._local_session is not None:
             return self._unwrap(*self._local_call(req))
-        for attempt in (1, 2):
-            try:
-                return self._unwrap(*self._daemon_call(req))
-            except OSError as err:
-                # The background process is gone (idle exit, killed): start a new one once, then give up.
-                if attempt == 2:
-                    raise AnsibleConnectionFailure(f"telnet session process unusable: {err}") from None
-                self._ensure_daemon(self._config())
-        raise AssertionError("unreachable")
+        if self._socket_path is None:
+            raise AnsibleError("telnet: no control socket path (internal error)")
+        # When the background process is gone (idle exit, killed), request() starts a new one once, then gives up.
+        reply = _session_client.request(self._socket_path, self._config(), req, self._vvv, unusable=_unusable)
+        return self._unwrap(*reply)
 
     def _unwrap(self, reply: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
         for msg in reply.get("log", ()):

@@ -1,6 +1,7 @@
 # Copyright (c) fleetmesh developers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Options of the shared byte-stream shell session (plugins/plugin_utils/_shell_session.py): login and framing."""
+"""Options of the shared byte-stream shell session: the login in plugins/plugin_utils/_shell_session.py, the command
+framing in _shell_framing.py."""
 
 from __future__ import annotations
 

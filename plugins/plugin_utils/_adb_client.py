@@ -24,9 +24,9 @@ import time
 import typing as t
 
 try:
-    from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._shell_session import prompt_text
+    from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._shell_framing import prompt_text
 except ImportError:  # inside the session process, started as a script: this directory is sys.path[0]
-    from _shell_session import prompt_text  # type: ignore[no-redef]
+    from _shell_framing import prompt_text  # type: ignore[no-redef]
 
 # What `adb get-state` / `adb connect` print, and what each means for the user.
 STATE_ERRORS = {

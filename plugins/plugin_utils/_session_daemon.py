@@ -3,11 +3,16 @@
 """Private to fleetmesh.tailscale: keeps one logged-in shell per host (telnet, adb) alive across Ansible tasks.
 
 Ansible makes a new connection object for every task, so without this each task would log in again. Like ssh's
-ControlPersist, the first task spawns this small process with ensure() (`python _session_daemon.py`, settings and
-password on its stdin, never on the command line); it logs in, answers on a unix socket only its owner can open,
-runs each request on its ShellSession (which logs in again by itself when the device dropped the session), and
-exits after `persist` idle seconds or on a `stop` request. Ansible's own persistent framework (ansible-connection)
-was not used: it is built around JSON-RPC for network_cli-style plugins and would need the same proxying anyway.
+ControlPersist, the first task spawns this small process with _session_client.ensure() (`python _session_daemon.py`,
+settings and password on its stdin, never on the command line); it logs in, answers on a unix socket only its owner
+can open, runs each request on its ShellSession (which logs in again by itself when the device dropped the session),
+and exits after `persist` idle seconds or on a `stop` request. Ansible's own persistent framework
+(ansible-connection) was not used: it is built around JSON-RPC for network_cli-style plugins and would need the same
+proxying anyway.
+
+This file holds the process: build_session() (the session a cfg describes), handle() (one request, also used in
+process by the telnet plugin when not persistent), serve() and main(). The plugins' side is _session_client.py,
+the options they read into a cfg _session_options.py.
 
 Wire format, one request per connection: a JSON line in; a JSON line out followed by `len` raw bytes for results
 that carry output.
@@ -16,7 +21,6 @@ that carry output.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import select
@@ -26,37 +30,19 @@ import sys
 from typing import Any
 
 try:
-    from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils import _adb_client, _http_push, _shell_session
+    from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils import (
+        _adb_client,
+        _http_push,
+        _shell_errors,
+        _shell_session,
+        _telnet_client,
+    )
 except ImportError:  # started as a script by the connection plugin: this directory is sys.path[0]
     import _adb_client  # type: ignore[no-redef]
     import _http_push  # type: ignore[no-redef]
+    import _shell_errors  # type: ignore[no-redef]
     import _shell_session  # type: ignore[no-redef]
-
-
-def login_settings(plugin: Any, **extra: Any) -> dict[str, Any]:
-    """The login part of a session's settings, from the options of the shared doc fragment (shell_session)."""
-    password = plugin.get_option("password")
-    return {
-        "user": str(plugin.get_option("remote_user") or "root"),
-        "password": None if password is None else str(password),
-        "login_re": str(plugin.get_option("login_prompt_re")),
-        "password_re": str(plugin.get_option("password_prompt_re")),
-        "prompt_re": str(plugin.get_option("shell_prompt_re")),
-        "failure_re": str(plugin.get_option("login_failure_re")),
-        "timeout": float(plugin.get_option("timeout")),
-        **extra,
-    }
-
-
-def control_socket(plugin: Any, prefix: str, *identity: Any) -> str:
-    """The session's unix socket in the plugin's control_path_dir, named after what identifies the session.
-
-    Short and fixed-length: unix socket paths are limited to 108 bytes.
-    """
-    directory = os.path.expanduser(str(plugin.get_option("control_path_dir")))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    key = "\0".join(str(part) for part in identity).encode()
-    return os.path.join(directory, f"{prefix}-{hashlib.sha256(key).hexdigest()[:20]}")
+    import _telnet_client  # type: ignore[no-redef]
 
 
 def build_session(cfg: dict[str, Any], log: Any) -> _shell_session.ShellSession:
@@ -71,8 +57,8 @@ def build_session(cfg: dict[str, Any], log: Any) -> _shell_session.ShellSession:
                 client.ensure_ready()
                 return _adb_client.AdbShellStream(client)
             except _adb_client.AdbError as err:
-                raise _shell_session.ConnectError(str(err)) from None
-        return _shell_session.TelnetStream(cfg["host"], cfg["port"], cfg["connect_timeout"])
+                raise _shell_errors.ConnectError(str(err)) from None
+        return _telnet_client.TelnetStream(cfg["host"], cfg["port"], cfg["connect_timeout"])
 
     # Old adbd acknowledges each burst of a shell's output before it sends the next: one burst per command there.
     coalesce = cfg.get("transport") == "adb"
@@ -112,7 +98,7 @@ def handle(session: _shell_session.ShellSession, cfg: dict[str, Any], req: dict[
             stats |= {"bytes_sent": session.bytes_sent, "bytes_received": session.bytes_received}
             return {**stats, "log": messages}, b""
         return {"error": "SessionError", "msg": f"unknown op {op!r}"}, b""
-    except _shell_session.SessionError as err:
+    except _shell_errors.SessionError as err:
         return {"error": type(err).__name__, "msg": str(err), "log": messages}, b""
 
 
@@ -150,80 +136,6 @@ def serve(cfg: dict[str, Any], session: _shell_session.ShellSession, listener: s
                 conn.sendall(json.dumps(reply).encode() + b"\n" + payload)
 
 
-# ------------------------------------------------------------------------------------- client side (the plugins)
-
-
-def call(socket_path: str, req: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-    """One request to a running session process; OSError when there is none (or it went away)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(socket_path)
-        sock.sendall(json.dumps(req).encode() + b"\n")
-        reader = sock.makefile("rb")
-        line = reader.readline()
-        if not line:
-            raise ConnectionResetError("the background session closed the request")
-        reply = json.loads(line)
-        payload = reader.read(reply.get("len", 0)) if reply.get("len") else b""
-        return reply, payload
-
-
-def ensure(socket_path: str, cfg: dict[str, Any], log: Any) -> dict[str, Any]:
-    """Reuse the session process behind socket_path, or start one and wait for its login (under a lock: forks race).
-
-    Returns its stats reply ({"pid", "logins", ...}), or {"error": kind, "msg": text} when it could not log in.
-    Settings, password included, go to the new process through a pipe: never on a command line.
-    """
-    import fcntl  # pylint: disable=import-outside-toplevel  # POSIX only, like the plugins using it
-    import subprocess  # pylint: disable=import-outside-toplevel  # the session process itself never needs it
-
-    with open(f"{socket_path}.lock", "a", encoding="ascii") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            stats = call(socket_path, {"op": "stats"})[0]
-            log(f"reusing session (pid {stats['pid']}, logins so far {stats['logins']})")
-            return stats
-        except OSError:
-            pass  # none yet, or it exited (idle, killed): start one
-        log("starting a background session")
-        proc = subprocess.Popen(  # pylint: disable=consider-using-with  # it outlives this task on purpose
-            [sys.executable, os.path.abspath(__file__)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
-        )
-        if proc.stdin is None or proc.stdout is None:
-            return {"error": "SessionError", "msg": "could not talk to the session process"}
-        proc.stdin.write(json.dumps({**cfg, "socket_path": socket_path}).encode() + b"\n")
-        proc.stdin.close()
-        line = proc.stdout.readline()
-        proc.stdout.close()
-        try:
-            reply = json.loads(line) if line else {"error": "SessionError", "msg": "the session process died"}
-        except ValueError:
-            reply = {"error": "SessionError", "msg": f"the session process said {line[:200]!r}"}
-        if "error" in reply:
-            proc.wait()
-        else:
-            log(f"background session {reply['pid']} logged in")
-        return dict(reply)
-
-
-def request(socket_path: str, cfg: dict[str, Any], req: dict[str, Any], log: Any) -> tuple[dict[str, Any], bytes]:
-    """call(), starting the session process first when it is gone (idle exit, killed); errors come back as replies."""
-    for attempt in (1, 2):
-        try:
-            return call(socket_path, req)
-        except OSError as err:
-            if attempt == 2:
-                return {"error": "ConnectError", "msg": f"the session process is unusable: {err}"}, b""
-            reply = ensure(socket_path, cfg, log)
-            if "error" in reply:
-                return reply, b""
-    raise AssertionError("unreachable")
-
-
 def _terminate(_signum: int, _frame: Any) -> None:
     raise SystemExit(0)  # runs main's cleanup: socket and pid file removed, device logged out
 
@@ -235,7 +147,7 @@ def main() -> int:
     path = cfg["socket_path"]
     try:
         session.open()
-    except _shell_session.SessionError as err:
+    except _shell_errors.SessionError as err:
         print(json.dumps({"error": type(err).__name__, "msg": str(err)}), flush=True)
         return 1
     with contextlib.suppress(FileNotFoundError):

@@ -3,75 +3,60 @@
 """Private to fleetmesh.tailscale: a POSIX shell session over a byte stream (telnet now, adb later).
 
 Pure Python with no Ansible import, because the persistent session daemon (_session_daemon.py) runs it in a
-process of its own. What it does:
+process of its own. ShellSession logs in: it answers login/password prompts found by regexes (LoginSettings), waits
+for a shell prompt, then puts the shell in a known state (empty PS1/PS2, `stty -echo -opost` so typed text is not
+echoed and output bytes pass untranslated) and probes what the device has (Capabilities). Then it runs commands,
+logging in again by itself when the stream was dropped between two of them.
 
-- login: answers login/password prompts found by regexes, waits for a shell prompt, then puts the shell in a known
-  state (empty PS1/PS2, `stty -echo -opost` so typed text is not echoed and output bytes pass untranslated);
-- framing: every command is typed as `C='...'` lines (each well below busybox ash's ~1 KiB line limit) and run as
-  `( eval "$C" )` between markers made of a fresh random token, so stdout and the real exit status come back
-  exactly whatever the output holds; stderr goes to a per-session temp file on the device and comes back after
-  the status (merged into stdout only when the device has no writable temp dir);
-- transfer: files go in by device pull over HTTP (busybox wget) or inline through the tty (base64 -d, uudecode or a
-  printf-octal loop reading the tty until ^D), to a temp name, renamed into place only when the device's sha256
-  (md5 if it lacks sha256sum) matches; files come out as base64 (uuencode -m or od as fallbacks), verified too.
+Beside it: the byte streams (_telnet_client.TelnetStream, _adb_client.AdbShellStream), what is typed and read back
+(_shell_framing.py), file transfer (_transfer.py, a mixin of ShellSession) and the errors (_shell_errors.py).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import dataclasses
-import hashlib
-import os
 import re
 import secrets
 import select
-import socket
 import time
 from collections.abc import Callable
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
-# Typed lines stay well below busybox ash's 1024-byte line editing buffer and the tty's 4095-byte canonical limit.
-MAX_LINE = 768
-INLINE_CHUNK = 576  # payload bytes per inline base64 line (768 chars of base64)
-PRINTF_CHUNK = 180  # payload bytes per printf-octal line (720 chars)
-EOF_CHAR = b"\x04"  # VEOF: ends the reading command's stdin when typed at the start of a line
+try:
+    from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._shell_errors import (
+        CommandTimeout,
+        LoginError,
+        SessionLost,
+    )
+    from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._shell_framing import (
+        EOF_CHAR,
+        Result,
+        frame_command,
+        parse_framed,
+        prompt_text,
+        shell_quote,
+        split_marker,
+    )
+    from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._transfer import PROBE, Chunker, FileTransfer
+except ImportError:  # inside the session process, started as a script: this directory is sys.path[0]
+    from _shell_errors import CommandTimeout, LoginError, SessionLost  # type: ignore[no-redef]
+    from _shell_framing import (  # type: ignore[no-redef]
+        EOF_CHAR,
+        Result,
+        frame_command,
+        parse_framed,
+        prompt_text,
+        shell_quote,
+        split_marker,
+    )
+    from _transfer import PROBE, Chunker, FileTransfer  # type: ignore[no-redef]
 
-ANSI_RE = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()][0-9A-Za-z]|\x1b[=>]")
 DEFAULT_LOGIN_RE = r"(?i)(?:login|user ?name)\s*:\s*$"
 DEFAULT_PASSWORD_RE = r"(?i)password\s*:\s*$"
 # Ends like `# `, `$ `, `~ # `, `root@kobo:~# `, `> ` or `% ` once colour codes are stripped.
 DEFAULT_PROMPT_RE = r"[#$>%][ \t]*$"
 DEFAULT_FAILURE_RE = r"(?i)login incorrect|incorrect password|authentication fail|login failed|access denied"
-
-
-class SessionError(Exception):
-    """Base of everything this module raises."""
-
-
-class ConnectError(SessionError):
-    """The device could not be reached (refused, no route, timeout)."""
-
-
-class LoginError(SessionError):
-    """The device answered but did not give a shell (wrong credentials, no prompt in time)."""
-
-
-class SessionLost(SessionError):
-    """The stream ended while a command ran: it may have run partly."""
-
-    def __init__(self, msg: str, started: bool = True) -> None:
-        super().__init__(msg)
-        self.started = started  # False: the shell never printed the start marker, so the command never ran
-
-
-class CommandTimeout(SessionError):
-    """A command did not finish in time; the session was dropped because its state is unknown."""
-
-
-class TransferError(SessionError):
-    """A file did not arrive intact."""
 
 
 class Stream(Protocol):
@@ -105,13 +90,6 @@ class LoginSettings:
 
 
 @dataclasses.dataclass
-class Result:
-    rc: int
-    stdout: bytes
-    stderr: bytes
-
-
-@dataclasses.dataclass
 class Capabilities:
     tmp_dir: str | None = None
     base64: bool = False
@@ -124,137 +102,7 @@ class Capabilities:
     raw_output: bool = False  # stty -opost took: output bytes arrive untranslated
 
 
-# ----------------------------------------------------------------------------------------------- quoting/framing
-
-
-def shell_quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
-
-
-def split_marker(marker: str) -> str:
-    """The marker as the shell sees it typed: two adjacent quoted halves, so an echo of the line never matches."""
-    half = len(marker) // 2
-    return f"'{marker[:half]}''{marker[half:]}'"
-
-
-def _unsafe(byte: int) -> bool:
-    # Control bytes the tty line discipline would act on (CR->NL, ^C, ^D, ^U...): typed as printf octal instead.
-    return (byte < 0x20 and byte not in (0x09, 0x0A)) or byte == 0x7F
-
-
-def assign_lines(var: str, data: bytes, max_line: int = MAX_LINE) -> list[bytes]:
-    """Shell lines that leave `data` (any bytes but NUL) in shell variable `var`, none longer than max_line."""
-    if b"\0" in data:
-        raise SessionError("a command cannot contain a NUL byte")
-    lines: list[bytes] = []
-    first = True
-    pos = 0
-    while True:
-        prefix = f"{var}=".encode() if first else f'{var}="${var}"'.encode()
-        line = bytearray(prefix)
-        phys = len(line)  # length of the current physical line (a literal newline inside quotes restarts it)
-        quoted = False
-        while pos < len(data) and phys < max_line - 24:
-            byte = data[pos]
-            if _unsafe(byte):
-                if quoted:
-                    line += b"'"
-                    quoted = False
-                piece = f"\"$(printf '\\{byte:03o}')\"".encode()
-            else:
-                piece = b"'\\''" if byte == 0x27 else bytes([byte])
-                if not quoted:
-                    piece = b"'" + piece
-                    quoted = True
-            line += piece
-            phys = 0 if byte == 0x0A else phys + len(piece)
-            pos += 1
-        if quoted:
-            line += b"'"
-        if first and len(line) == len(prefix):
-            line += b"''"
-        lines.append(bytes(line))
-        first = False
-        if pos >= len(data):
-            return lines
-
-
-def frame_command(
-    cmd: bytes,
-    token: str,
-    err_file: str | None,
-    stdin_tty: bool = False,
-    max_line: int = MAX_LINE,
-    *,
-    out_file: str | None = None,
-) -> bytes:
-    """The typed text for one framed command: marker B, stdout, marker E + status, stderr, marker Z.
-
-    With out_file (and err_file), the whole frame is collected in out_file and printed by one `cat` once the
-    command has ended: one burst of output, which costs one round trip on a door that acknowledges each burst
-    (old adbd's WRTE/OKAY). Should out_file not take the frame (device temp dir full), the frame is printed as the
-    command runs instead, or finished with status 125 and a note.
-    """
-    lines = assign_lines("FMC", cmd, max_line)
-    stdin = "" if stdin_tty else " </dev/null"
-    err = f" 2>{shell_quote(err_file)}" if err_file else " 2>&1"
-    show_err = f"cat {shell_quote(err_file)} 2>/dev/null; " if err_file else ""
-    begin = f"printf '%s\\n' {split_marker(token + 'B')}"
-    run = f'( eval "$FMC" ){stdin}'
-    status = f"printf '%s %d\\n' {split_marker(token + 'E')} $?"
-    end = f"printf '%s\\n' {split_marker(token + 'Z')}"
-    last = f"{begin}; {run}{err}; {status}; {show_err}{end}"
-    if out_file and err_file:
-        note = "fleetmesh: the device temp dir took no more output"
-        full = f"'\\n%s\\n%s 125\\n%s\\n' '{note}' {split_marker(token + 'E')} {split_marker(token + 'Z')}"
-        last = (
-            f"FMO={shell_quote(out_file)}; FME={shell_quote(err_file)}; "
-            f'if {{ {begin}; }} >"$FMO" 2>/dev/null; then {{ {run} 2>"$FME"; {status}; [ -s "$FME" ] && cat "$FME"; '
-            f'{end}; }} >>"$FMO" 2>/dev/null && cat "$FMO" || {{ cat "$FMO"; printf {full}; }}; '
-            f"else {begin}; {run} 2>&1; {status}; {end}; fi"
-        )
-    return b"\n".join([*lines, last.encode()]) + b"\n"
-
-
-@dataclasses.dataclass
-class Frame:
-    start: int  # index in the buffer just after the B marker line
-    stdout_end: int | None = None
-    rc: int | None = None
-    stderr_start: int | None = None
-
-
-def parse_framed(buf: bytes | bytearray, token: str, raw_output: bool = True) -> tuple[Result, int] | None:
-    """(result, bytes consumed) once the whole frame for token is in buf, else None."""
-    tok = token.encode()
-    b = re.search(re.escape(tok) + rb"B\r?\n", buf)
-    if b is None:
-        return None
-    e = re.compile(re.escape(tok) + rb"E (-?\d+)\r?\n").search(buf, b.end())
-    if e is None:
-        return None
-    z = re.compile(re.escape(tok) + rb"Z\r?\n").search(buf, e.end())
-    if z is None:
-        return None
-    stdout = bytes(buf[b.end() : e.start()])
-    stderr = bytes(buf[e.end() : z.start()])
-    if not raw_output:
-        # The tty turned every \n into \r\n (stty missing): undo that; a CR the program wrote before \n is lost.
-        stdout = stdout.replace(b"\r\n", b"\n")
-        stderr = stderr.replace(b"\r\n", b"\n")
-    return Result(int(e.group(1)), stdout, stderr), z.end()
-
-
-def prompt_text(buf: bytes | bytearray) -> str:
-    """The tail of what the device printed, colour codes and CRs removed, for prompt regexes."""
-    clean = ANSI_RE.sub(b"", bytes(buf[-2048:])).replace(b"\r", b"").replace(b"\0", b"")
-    return clean.decode("utf-8", errors="replace")
-
-
-# ------------------------------------------------------------------------------------------------------- session
-
-
-class ShellSession:
+class ShellSession(FileTransfer):
     """One logged-in shell; run() re-logs in transparently when the stream was dropped between commands."""
 
     def __init__(
@@ -512,330 +360,3 @@ class ShellSession:
             except OSError:
                 pass
         self._drop()
-
-    # -- files
-
-    def _checksum_cmd(self) -> tuple[str, str]:
-        if self.caps.sha256:
-            return "sha256sum", "sha256"
-        if self.caps.md5:
-            self.log("warning: the device has no sha256sum: transfers are verified with md5sum only")
-            return "md5sum", "md5"
-        raise TransferError("the device has neither sha256sum nor md5sum: cannot verify the transfer")
-
-    def put(self, local: str, remote: str, method: str = "auto", http: Callable[[str], object] | None = None) -> str:
-        """Copy a local file to the device; returns the method used. http(local) gives a one-shot server."""
-        self.open()
-        tool, algo = self._checksum_cmd()
-        digest = _file_digest(local, algo)
-        size = os.path.getsize(local)
-        tmp = f"{remote}.fmtmp{secrets.token_hex(4)}"
-        method = self.pick_put_method(method, size, http is not None)
-        check = (
-            f"h=$({tool} {shell_quote(tmp)}) || exit 4; h=${{h%% *}}; "
-            f'if [ "$h" = {digest} ]; then mv -f {shell_quote(tmp)} {shell_quote(remote)}; '
-            f'else rm -f {shell_quote(tmp)}; echo "{algo} mismatch: device has $h, expected {digest}" >&2; exit 3; fi'
-        )
-        if method == "http":
-            server = http(local)  # type: ignore[misc]  # pick_put_method returns http only with a factory
-            url = server.url  # type: ignore[attr-defined]
-            self.log(f"device pulls {size} bytes from {url.rsplit('/', 1)[0]}/...")
-            try:
-                result = self.run(
-                    f"wget -q -O {shell_quote(tmp)} {shell_quote(url)} || {{ rm -f {shell_quote(tmp)}; exit 5; }}; "
-                    f"{check}".encode()
-                )
-            finally:
-                server.close()  # type: ignore[attr-defined]
-            if result.rc == 5:
-                self.log("device pull failed (wget could not fetch): falling back to the shell")
-                method = self.pick_put_method("auto", size, False)
-            else:
-                _raise_transfer(result, "put", remote, method)
-                return method
-        with open(local, "rb") as src:
-            if method == "base64":
-                # If the decoder dies early (disk full), cat swallows the rest so no data line reaches the shell.
-                cmd = f"base64 -d > {shell_quote(tmp)} || {{ cat > /dev/null; exit 4; }}; {check}"
-                produce = Chunker(src, INLINE_CHUNK, lambda d: base64.b64encode(d) + b"\n")
-            elif method == "uudecode":
-                # uudecode stops at its ==== line: cat then reads up to our ^D, which must not reach the shell.
-                cmd = f"uudecode -o {shell_quote(tmp)}; r=$?; cat > /dev/null; [ $r = 0 ] || exit 4; {check}"
-                produce = Chunker(
-                    src,
-                    INLINE_CHUNK,
-                    lambda d: base64.b64encode(d) + b"\n",
-                    head=b"begin-base64 644 -\n",
-                    tail=b"====\n",
-                )
-            else:
-                cmd = (
-                    f": > {shell_quote(tmp)} || exit 4; "
-                    f'while IFS= read -r l; do printf "$l"; done >> {shell_quote(tmp)}; {check}'
-                )
-                produce = Chunker(src, PRINTF_CHUNK, lambda d: "".join(f"\\{b:03o}" for b in d).encode() + b"\n")
-            self.commands += 1
-            try:
-                result = self._run_framed(cmd.encode(), deadline=None, stdin_iter=produce)
-            except SessionLost as err:
-                if err.started:
-                    raise
-                self.log("session dropped before the upload started: logging in again")
-                self.open()
-                produce = produce.restart()
-                result = self._run_framed(cmd.encode(), deadline=None, stdin_iter=produce)
-        _raise_transfer(result, "put", remote, method)
-        return method
-
-    def pick_put_method(self, method: str, size: int, http_possible: bool) -> str:
-        if method == "auto":
-            if http_possible and self.caps.wget and size >= 16384:
-                return "http"
-            for name in ("base64", "uudecode"):
-                if getattr(self.caps, name):
-                    return name
-            return "printf"
-        if method not in {"http", "printf"} and not getattr(self.caps, method):
-            raise TransferError(f"transfer method {method} is not available on the device")
-        if method == "http" and not http_possible:
-            raise TransferError("transfer method http needs a controller address the device can reach")
-        return method
-
-    def fetch(self, remote: str, local: str) -> str:
-        """Copy a device file to the controller; returns the encoding used."""
-        self.open()
-        tool, algo = self._checksum_cmd()
-        q = shell_quote(remote)
-        if self.caps.base64:
-            method, dump = "base64", f"base64 {q}"
-        elif self.caps.uuencode:
-            method, dump = "uuencode", f"uuencode -m {q} x"
-        elif self.caps.od:
-            method, dump = "od", f"od -An -v -tx1 {q}"
-        else:
-            raise TransferError("the device has none of base64, uuencode or od: cannot fetch files")
-        result = self.run(
-            f"[ -r {q} ] || {{ echo 'no such readable file' >&2; exit 2; }}; {tool} {q} && {dump}".encode()
-        )
-        _raise_transfer(result, "fetch", remote, method)
-        head, body = (result.stdout.split(b"\n", 1) + [b""])[:2]
-        expected = head.split(b" ", 1)[0].decode(errors="replace").strip()
-        if method == "uuencode":
-            body = b"\n".join(body.strip().split(b"\n")[1:-1])
-        try:
-            data = bytes.fromhex(body.decode()) if method == "od" else base64.b64decode(re.sub(rb"\s+", b"", body))
-        except (ValueError, binascii.Error) as err:
-            raise TransferError(f"fetch {remote}: could not decode the {method} stream: {err}") from None
-        got = hashlib.new(algo, data).hexdigest()
-        if got != expected:
-            raise TransferError(f"fetch {remote}: {algo} mismatch: device has {expected}, received {got}")
-        tmp = f"{local}.fmtmp{secrets.token_hex(4)}"
-        with open(tmp, "wb") as dst:
-            dst.write(data)
-        os.replace(tmp, local)
-        return method
-
-
-# Runs once per login: writable temp dir and the tools transfers need, each tried for real (a busybox applet may
-# be configured out although `command -v` finds a symlink).
-PROBE = r"""for d in "$TMPDIR" /tmp /var/tmp /dev/shm /run /data; do
-  [ -n "$d" ] && [ -d "$d" ] && [ -w "$d" ] && { echo "tmp=$d"; break; }
-done
-[ "$(printf 'QQ==\n' | base64 -d 2>/dev/null)" = A ] && echo base64=1
-[ "$(printf 'begin-base64 644 -\nQQ==\n====\n' | uudecode -o /dev/stdout 2>/dev/null)" = A ] && echo uudecode=1
-printf A | uuencode -m x 2>/dev/null | grep -q QQ== && echo uuencode=1
-printf '' | sha256sum 2>/dev/null | grep -q e3b0c44298fc1c149afbf4c8996fb924 && echo sha256=1
-printf '' | md5sum 2>/dev/null | grep -q d41d8cd98f00b204e9800998ecf8427e && echo md5=1
-wget --help 2>&1 | grep -qi usage && echo wget=1
-[ "$(printf A | od -An -tx1 2>/dev/null | tr -d ' ')" = 41 ] && echo od=1
-true"""
-
-
-def _file_digest(path: str, algo: str) -> str:
-    digest = hashlib.new(algo)
-    with open(path, "rb") as src:
-        while block := src.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class Chunker:
-    """Produces ~64 KiB batches of encoded lines from a file, head first and tail last, then None."""
-
-    def __init__(
-        self, src: BinaryIO, size: int, encode: Callable[[bytes], bytes], head: bytes = b"", tail: bytes = b""
-    ) -> None:
-        self.src, self.size, self.encode, self.head, self.tail = src, size, encode, head, tail
-        self.pending_head = head
-        self.done = False
-
-    def restart(self) -> Chunker:
-        self.src.seek(0)
-        return Chunker(self.src, self.size, self.encode, self.head, self.tail)
-
-    def __call__(self) -> bytes | None:
-        if self.done:
-            return None
-        out = bytearray(self.pending_head)
-        self.pending_head = b""
-        while len(out) < 65536:
-            block = self.src.read(self.size)
-            if not block:
-                self.done = True
-                out += self.tail
-                break
-            out += self.encode(block)
-        return bytes(out)
-
-
-def _raise_transfer(result: Result, verb: str, path: str, method: str) -> None:
-    if result.rc != 0:
-        why = (result.stderr or result.stdout).decode(errors="replace").strip()[-300:]
-        raise TransferError(f"{verb} {path} ({method}) failed with exit {result.rc}: {why}")
-
-
-# ------------------------------------------------------------------------------------------------------- telnet
-
-IAC, DONT, DO, WONT, WILL, SB, SE = 255, 254, 253, 252, 251, 250, 240
-OPT_ECHO, OPT_SGA, OPT_NAWS = 1, 3, 31
-
-
-class TelnetParser:
-    """Splits a telnet byte stream into data and the negotiation replies we owe.
-
-    We accept the server's WILL ECHO and WILL SGA (the normal character-at-a-time NVT setup busybox telnetd asks
-    for), refuse every other WILL with DONT and every DO with WONT (no NAWS/TTYPE: the pty keeps its default
-    size, and the shell's state is set by stty anyway). Each option is answered once, so no negotiation loops.
-    """
-
-    def __init__(self) -> None:
-        self.pending = b""
-        self.answered: set[tuple[int, int]] = set()
-
-    def feed(self, chunk: bytes) -> tuple[bytes, bytes]:
-        data = self.pending + chunk
-        self.pending = b""
-        if IAC not in data:
-            return data, b""
-        out = bytearray()
-        replies = bytearray()
-        i = 0
-        n = len(data)
-        while i < n:
-            j = data.find(IAC, i)
-            if j < 0:
-                out += data[i:]
-                break
-            out += data[i:j]
-            if j + 1 >= n:
-                self.pending = data[j:]
-                break
-            cmd = data[j + 1]
-            if cmd == IAC:
-                out.append(IAC)
-                i = j + 2
-            elif cmd in (DO, DONT, WILL, WONT):
-                if j + 2 >= n:
-                    self.pending = data[j:]
-                    break
-                replies += self._answer(cmd, data[j + 2])
-                i = j + 3
-            elif cmd == SB:
-                end = data.find(bytes([IAC, SE]), j + 2)
-                if end < 0:
-                    self.pending = data[j:]
-                    break
-                i = end + 2
-            else:
-                i = j + 2  # NOP, GA, AYT...: nothing to do
-        return bytes(out), bytes(replies)
-
-    def _answer(self, cmd: int, opt: int) -> bytes:
-        if (cmd, opt) in self.answered:
-            return b""
-        self.answered.add((cmd, opt))
-        if cmd == WILL:
-            return bytes([IAC, DO if opt in (OPT_ECHO, OPT_SGA) else DONT, opt])
-        if cmd == DO:
-            return bytes([IAC, WONT, opt])
-        return b""  # DONT/WONT: we never enabled anything else, nothing to confirm
-
-
-_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
-
-
-def escape_iac(data: bytes) -> bytes:
-    return data.replace(b"\xff", b"\xff\xff")
-
-
-class TelnetStream:
-    """A telnet client socket: sync, no threads; TCP keepalive so a dead link is noticed in about 30 s."""
-
-    def __init__(self, host: str, port: int, timeout: float) -> None:
-        try:
-            self.sock = socket.create_connection((host, port), timeout=timeout)
-        except TimeoutError:
-            raise ConnectError(f"telnet {host}:{port}: no answer within {timeout:g}s") from None
-        except OSError as err:
-            raise ConnectError(f"telnet {host}:{port}: {err.strerror or err}") from None
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for opt, value in (("TCP_KEEPIDLE", 15), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
-            if hasattr(socket, opt):
-                self.sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.parser = TelnetParser()
-        self.closed = False
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def send(self, data: bytes) -> None:
-        self.sock.settimeout(None)
-        self.sock.sendall(escape_iac(data))
-
-    def recv(self, timeout: float | None) -> bytes | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            self.sock.settimeout(left)
-            if _QUICKACK is not None:
-                # busybox telnetd writes the framed output in small pieces and Nagle holds the next one until our
-                # ACK: without quick ACKs every command would pay a 40 ms delayed-ACK stall.
-                self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-            try:
-                chunk = self.sock.recv(262144)
-            except TimeoutError:
-                return None
-            except BlockingIOError:
-                return None
-            except OSError:
-                chunk = b""
-            if not chunk:
-                self.closed = True
-                return b""
-            data, replies = self.parser.feed(chunk)
-            if replies:
-                self.sock.sendall(replies)
-            if data:
-                return data
-            if deadline is not None and time.monotonic() >= deadline:
-                return None
-
-    def alive(self) -> bool:
-        """False once the peer closed: a readable socket with nothing to read means EOF."""
-        if self.closed:
-            return False
-        try:
-            readable = select.select([self.sock], [], [], 0)[0]
-            if readable and not self.sock.recv(1, socket.MSG_PEEK):
-                self.closed = True
-        except OSError:
-            self.closed = True
-        return not self.closed
-
-    def close(self) -> None:
-        self.closed = True
-        self.sock.close()
-
-    def local_address(self) -> str | None:
-        return str(self.sock.getsockname()[0])

@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "plugins" / "plugin_utils"))
 import _http_push  # noqa: E402  # pylint: disable=wrong-import-position  # the plugin's own code, by path
 import _shell_session  # noqa: E402  # pylint: disable=wrong-import-position
+import _telnet_client  # noqa: E402  # pylint: disable=wrong-import-position
 
 NAME = "bench-tn"
 GATEWAY = "198.18.0.1"
@@ -123,8 +124,8 @@ def main() -> int:
             f"{args.latency_ms} ms one way; payload {payload} ({size} bytes); physical limit {limit:.1f} s"
         )
 
-        def connect() -> _shell_session.TelnetStream:
-            return _shell_session.TelnetStream(GATEWAY, door.port, 20)
+        def connect() -> _telnet_client.TelnetStream:
+            return _telnet_client.TelnetStream(GATEWAY, door.port, 20)
 
         session = _shell_session.ShellSession(connect, _shell_session.LoginSettings(timeout=30))
         session.open()

@@ -58,7 +58,7 @@ TARGET_VARS: dict[str, Any] = {
     "state_dir_path": NEW_STATE_DIR,
     "login_mode": "config",
 }
-# Names the collection gives its temp files on a device (install_files/_shell_session, ip_forwarding,
+# Names the collection gives its temp files on a device (install_files/_transfer, ip_forwarding,
 # tailscale_prefs key dir and config file, the session's stderr file).
 TEMP_RE = re.compile(r"\.fmtmp|\.fleetmesh-tmp$|^\.fleetmesh-ts\.|^\.fleetmesh-err-")
 

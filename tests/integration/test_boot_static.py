@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from repo_checkout import REPO, ansible_env
+from repo_checkout import run_playbook
 
 pytestmark = pytest.mark.slow
 
@@ -43,17 +43,7 @@ def stage(tmp_path: Path, group: str, *extra: str) -> tuple[Path, str]:
     inventory.write_text(json.dumps({"all": {"children": {group: {"hosts": {"box": host}}}}}))
     play = tmp_path / "play.yml"
     play.write_text(PLAY)
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    proc = subprocess.run(
-        ["ansible-playbook", "-i", str(inventory), str(play), *extra],
-        cwd=REPO,
-        env=ansible_env(home, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = run_playbook(["-i", str(inventory), str(play), *extra], tmp_path / "home")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     return image, proc.stdout
 

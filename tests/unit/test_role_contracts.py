@@ -4,14 +4,13 @@ device work (state_dir's plan entry point, for the boot role on its own), the pl
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from ansible_collections.fleetmesh.tailscale.plugins.action.state_dir import interpret
 
-from repo_checkout import REPO, ansible_env
+from repo_checkout import REPO, run_playbook
 
 pytestmark = pytest.mark.slow
 
@@ -54,17 +53,7 @@ def test_state_dir_plan_publishes_what_the_action_does(tmp_path: Path, profile: 
     inventory.write_text(json.dumps({"all": {"hosts": {"box": host}}}))
     play = tmp_path / "play.yml"
     play.write_text(PLAY)
-    home = tmp_path / "home"
-    home.mkdir()
-    proc = subprocess.run(
-        ["ansible-playbook", "-i", str(inventory), str(play)],
-        cwd=REPO,
-        env=ansible_env(home, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = run_playbook(["-i", str(inventory), str(play)], tmp_path / "home")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     planned = json.loads(out.read_text())
     data = yaml.safe_load((REPO / f"roles/device/vars/profiles/{profile}.yml").read_text())
