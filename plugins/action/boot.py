@@ -11,27 +11,15 @@ import typing as t
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
-from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import (
-    mount_guard,
-    parse_sections,
-    raise_if_unmounted,
-    run_script,
-    sh_quote,
-)
-from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan import (
-    FileSpec,
-    apply_script,
-    check_script,
-    device_path,
-    file_spec,
-    link_specs,
-    manifest_text,
-    plan_from_output,
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_paths import device_path, staging_root
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import sh_quote
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_pipeline import (
+    Install,
+    apply,
+    check,
     remove,
-    space_errors,
-    staging_root,
-    upload,
 )
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan import FileSpec, file_spec
 
 ARGUMENT_SPEC: dict[str, t.Any] = {
     "files": {
@@ -162,20 +150,14 @@ class ActionModule(ActionBase):
             files.append(file_spec(src, item["dest"], str(item["mode"]), root))
             if item["shell"]:
                 shell.add(files[-1].dest)
-        links = link_specs(args["links"], files, root)
-        dirs = [device_path(d, "dirs", root) for d in args["dirs"]]
-        mount, wait = str(args["storage_mount"]), int(args["storage_mount_timeout"])
-        guard = "" if root else mount_guard(mount, wait, [f.dest for f in files] + dirs + [manifest])
-        check = guard + check_script(files, links, manifest, dirs).removesuffix("echo @@end\n")
-        if service:
-            check += f"echo @@running; if ( {service['running']} ) >/dev/null 2>&1; then echo yes; else echo no; fi\n"
-        run = run_script(self, check + "echo @@end\n", "boot check")
-        raise_if_unmounted(run.stdout, mount, wait)
-        try:
-            plan = plan_from_output(run.stdout, files, links, dirs, manifest, root=root)
-        except ValueError as exc:
-            raise AnsibleActionFail(f"boot: {exc}; device said: {run.stderr.strip()[:400]}") from exc
-        running = parse_sections(run.stdout).get("running", "").strip() == "yes"
+        inst = Install.from_args("boot", args, files, root=root, manifest=manifest)
+        running_check = (
+            f"echo @@running; if ( {service['running']} ) >/dev/null 2>&1; then echo yes; else echo no; fi\n"
+            if service
+            else ""
+        )
+        plan, sec = check(self, inst, running_check)
+        running = sec.get("running", "").strip() == "yes"
         files_changed = bool(plan.uploads or plan.links or plan.mode_fixes)
         restart = bool(service) and running and (files_changed or bool(args["restart"]))
         start = bool(service) and not running
@@ -187,35 +169,23 @@ class ActionModule(ActionBase):
             started=start,
             was_running=running,
         )
-        errors = space_errors(plan)
-        if errors:
-            raise AnsibleActionFail(f"not enough space: {'; '.join(errors)}; nothing was changed")
         if not result["changed"] or self._task.check_mode:
             return result
 
-        script = ""
-        if plan.changed:
-            upload(self, plan, dirs, "boot")
-            script = apply_script(
-                plan,
-                dirs,
-                verify="",
-                verify_expect="",
-                verify_stage="links",
-                remount_root=bool(args["remount_root"]),
-                manifest=manifest,
-                manifest_body=manifest_text(files, links, plan.manifest_dirs or dirs, root),
-                syntax_check=shell,
-                root=root,
-            ).removesuffix("echo @@end\n")
-        if service and (restart or start):
-            script += service_script(service, restart=restart, wait_timeout=int(args["wait_timeout"]))
-        done = run_script(self, script + "echo @@end\n", "boot apply")
-        sec = parse_sections(done.stdout)
-        if "syntax" in sec:
-            raise AnsibleActionFail(f"a boot script failed `sh -n` on the device, nothing was changed: {sec['syntax']}")
-        if done.rc != 0 or "end" not in sec:
-            raise AnsibleActionFail(f"boot install failed (rc={done.rc}): {(done.stdout + done.stderr).strip()[:800]}")
+        sec = apply(
+            self,
+            inst,
+            plan,
+            remount_root=bool(args["remount_root"]),
+            syntax_check=shell,
+            after=(
+                service_script(service, restart=restart, wait_timeout=int(args["wait_timeout"]))
+                if service and (restart or start)
+                else ""
+            ),
+            fail_on={"syntax": "a boot script failed `sh -n` on the device, nothing was changed: "},
+            failure="boot install failed",
+        )
         if "failed" in sec:
             log = f"; log: {sec['log']}" if sec.get("log") else ""
             raise AnsibleActionFail(f"tailscaled is {sec['failed']}; start said: {sec.get('service', '')}{log}")

@@ -16,7 +16,7 @@ import typing as t
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils import _control_api as api
-from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._control_api import EXIT_ROUTES
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._routes import EXIT_ROUTES
 
 ARGUMENT_SPEC: dict[str, t.Any] = {
     # Required (checked in run(): the shared doc fragment documents it for tailscale_prefs too, where it is not).

@@ -20,6 +20,7 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script
     run_script,
     sh_quote,
 )
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_shell import root_read_only
 
 FACTS_NAMESPACE = "fleetmesh_device"
 
@@ -130,7 +131,7 @@ def build_facts(output: str) -> dict[str, t.Any]:
         "iptables": "iptables" in commands,
         "nft": "nft" in commands,
         "mounts": mounts,
-        "root_readonly": bool(root) and "ro" in root[-1]["options"].split(","),
+        "root_readonly": bool(root) and root_read_only(root[-1]["options"]),
         "storage": _storage(sec.get("df", "")),
         "tun": {
             "node": "node" in tun_lines,

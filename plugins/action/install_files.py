@@ -8,25 +8,14 @@ import typing as t
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
-from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import (
-    mount_guard,
-    parse_sections,
-    raise_if_unmounted,
-    run_script,
-)
-from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan import (
-    apply_script,
-    check_script,
-    device_path,
-    file_spec,
-    link_specs,
-    manifest_text,
-    plan_from_output,
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_paths import device_path, staging_root
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_pipeline import (
+    Install,
+    apply,
+    check,
     remove,
-    space_errors,
-    staging_root,
-    upload,
 )
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan import file_spec
 
 ARGUMENT_SPEC: dict[str, t.Any] = {
     "files": {
@@ -79,47 +68,25 @@ class ActionModule(ActionBase):
             )
             return result
         files = [file_spec(str(item["src"]), item["dest"], str(item["mode"]), root) for item in args["files"]]
-        links = link_specs(args["links"], files, root)
-        dirs = [device_path(d, "dirs", root) for d in args["dirs"]]
-        mount, wait = str(args["storage_mount"]), int(args["storage_mount_timeout"])
-        written = [f.dest for f in files] + dirs + ([manifest] if manifest else [])
-        guard = "" if root else mount_guard(mount, wait, written)
-        run = run_script(self, guard + check_script(files, links, manifest, dirs), "install_files check")
-        raise_if_unmounted(run.stdout, mount, wait)
-        try:
-            plan = plan_from_output(run.stdout, files, links, dirs, manifest, root=root)
-        except ValueError as exc:
-            raise AnsibleActionFail(f"install_files: {exc}; device said: {run.stderr.strip()[:400]}") from exc
+        inst = Install.from_args("install_files", args, files, root=root, manifest=manifest)
+        plan, _sec = check(self, inst)
         result.update(
             changed=plan.changed,
             uploaded=[f.dest for f in plan.uploads],
             linked=[lk.path for lk, _cur in plan.links],
             modes_fixed=[f.dest for f in plan.mode_fixes],
         )
-        errors = space_errors(plan)
-        if errors:
-            raise AnsibleActionFail(f"not enough space: {'; '.join(errors)}; nothing was changed")
         if not plan.changed or self._task.check_mode:
             return result
 
-        upload(self, plan, dirs, "install_files")
-        script = apply_script(
+        apply(
+            self,
+            inst,
             plan,
-            dirs,
             verify=str(args["verify"]),
             verify_expect=str(args["verify_expect"]),
             verify_stage=str(args["verify_stage"]),
             remount_root=bool(args["remount_root"]),
-            manifest=manifest,
-            manifest_body=manifest_text(files, links, plan.manifest_dirs or dirs, root),
-            root=root,
+            fail_on={"verify": f"verification failed, previous state restored: {str(args['verify'])!r} said: "},
         )
-        done = run_script(self, script, "install_files apply")
-        sec = parse_sections(done.stdout)
-        if "verify" in sec:
-            raise AnsibleActionFail(
-                f"verification failed, previous state restored: {str(args['verify'])!r} said: {sec['verify']}"
-            )
-        if done.rc != 0 or "end" not in sec:
-            raise AnsibleActionFail(f"install failed (rc={done.rc}): {(done.stdout + done.stderr).strip()[:800]}")
         return result

@@ -20,6 +20,13 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script
     run_script,
     sh_quote,
 )
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_shell import (
+    ROOT_OPTIONS,
+    WRITE_TMP_SUFFIX,
+    atomic_write,
+    remount_rw,
+    root_read_only,
+)
 
 SYSCTLS = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
 
@@ -84,7 +91,7 @@ class ActionModule(ActionBase):
         links = [str(link) for link in args["rc_links"]] if persist == "rc_script" else []
 
         read = "".join(f"echo @@v{f}; cat {proc_path(SYSCTLS[f])} 2>&1\n" for f in families)
-        read += "echo @@rootopts; awk '$2 == \"/\" {o = $4} END {print o}' /proc/mounts 2>/dev/null\n"
+        read += f"echo @@rootopts; {ROOT_OPTIONS} 2>/dev/null\n"
         if target:
             read += f"echo @@file; cat {sh_quote(target)} 2>/dev/null\n"
         for i, link in enumerate(links):
@@ -115,7 +122,7 @@ class ActionModule(ActionBase):
         if not changed or self._task.check_mode:
             return result
 
-        root_ro = "ro" in sec.get("rootopts", "").strip().split(",")
+        root_ro = root_read_only(sec.get("rootopts", ""))
         writes_root = bool(file_stale or stale_links)
         if writes_root and root_ro and not args["remount_rw"]:
             raise AnsibleActionFail(
@@ -124,19 +131,23 @@ class ActionModule(ActionBase):
         script = "set -e\n"
         if writes_root and root_ro:
             # QuecOpen: / is read-only; open it for the write only, then sync and close it again whatever happens.
-            script += "mount -o remount,rw /\ntrap 'sync; mount -o remount,ro /' EXIT\n"
+            script += "".join(f"{line}\n" for line in remount_rw())
         for f in to_write:
             path = proc_path(SYSCTLS[f])
             script += f'echo 1 > {path}\n[ "$(cat {path})" = 1 ]\n'
         if file_stale:
-            tmp_path = f"{target}.fleetmesh-tmp"
-            script += (
-                f'mkdir -p "$(dirname {sh_quote(target)})"\n'
-                f"printf '%s' {sh_quote(want_text)} > {sh_quote(tmp_path)}\n"
+            dest, tmp_path = sh_quote(target), sh_quote(target + WRITE_TMP_SUFFIX)
+            rc_script = persist == "rc_script"
+            steps = atomic_write(
+                dest,
+                tmp_path,
+                f"printf '%s' {sh_quote(want_text)} > {tmp_path}",
+                mkdir=f'"$(dirname {dest})"',
                 # A boot script is checked before it goes live: a broken one would stop the device's boot.
-                + (f"sh -n {sh_quote(tmp_path)}\nchmod 755 {sh_quote(tmp_path)}\n" if persist == "rc_script" else "")
-                + f"mv -f {sh_quote(tmp_path)} {sh_quote(target)}\n"
+                checks=[f"sh -n {tmp_path}"] if rc_script else [],
+                mode="755" if rc_script else "",
             )
+            script += "".join(f"{step}\n" for step in steps)
         for link in stale_links:
             script += f'mkdir -p "$(dirname {sh_quote(link)})"\nln -sf {sh_quote(link_target)} {sh_quote(link)}\n'
         done = run_script(self, script, "ip_forwarding (write)")
@@ -153,7 +164,7 @@ class ActionModule(ActionBase):
         files = [str(args["sysctl_file"]), str(args["rc_script"])]
         links = [str(link) for link in args["rc_links"]]
         link_target = f"../init.d/{files[1].rsplit('/', 1)[-1]}"
-        read = "echo @@rootopts; awk '$2 == \"/\" {o = $4} END {print o}' /proc/mounts 2>/dev/null\n"
+        read = f"echo @@rootopts; {ROOT_OPTIONS} 2>/dev/null\n"
         for i, path in enumerate(files):
             read += f"echo @@file{i}; [ -f {sh_quote(path)} ] && grep -c {sh_quote('^' + MARK)} {sh_quote(path)}\n"
         for i, link in enumerate(links):
@@ -166,14 +177,14 @@ class ActionModule(ActionBase):
         result.update(changed=bool(ours), removed=ours)
         if not ours or self._task.check_mode:
             return result
-        root_ro = "ro" in sec.get("rootopts", "").strip().split(",")
+        root_ro = root_read_only(sec.get("rootopts", ""))
         if root_ro and not args["remount_rw"]:
             raise AnsibleActionFail(
                 f"/ is mounted read-only, so {ours} cannot be removed: set remount_rw (the profile's readonly_root)"
             )
         script = "set -e\n"
         if root_ro:
-            script += "mount -o remount,rw /\ntrap 'sync; mount -o remount,ro /' EXIT\n"
+            script += "".join(f"{line}\n" for line in remount_rw())
         script += "rm -f " + " ".join(sh_quote(path) for path in ours) + "\n"
         done = run_script(self, script, "ip_forwarding (remove)")
         if done.rc != 0:

@@ -9,6 +9,7 @@ import typing as t
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_paths import NO_MODE_FS, staging_root
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import (
     mount_guard,
     parse_sections,
@@ -16,7 +17,7 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script
     run_script,
     sh_quote,
 )
-from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan import NO_MODE_FS, staging_root
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_shell import TMP_SUFFIX, atomic_write
 
 FACTS_NAMESPACE = "fleetmesh_state_dir"
 STATE_FILE = "tailscaled.state"
@@ -46,15 +47,15 @@ for o in __OLD__; do
   if [ -e "$new" ]; then echo "@@warn"; echo "$o"; echo @@changes; continue; fi
   say "move $o"; moved="$o"
   if [ "$dry" != 1 ]; then
-    cp -p "$o" "$new.fmtmp" && cmp -s "$o" "$new.fmtmp" && chmod 600 "$new.fmtmp" && mv "$new.fmtmp" "$new" \
-      && mv "$o" "$o__MIGRATED__" || { rm -f "$new.fmtmp"; echo @@error; echo "cannot move $o to $new"; exit 1; }
+    __MOVE__ \
+      && mv "$o" "$o__MIGRATED__" || { rm -f "$new__TMP__"; echo @@error; echo "cannot move $o to $new"; exit 1; }
   fi
 done
 if [ -n "$bk" ] && [ -z "$moved" ] && [ ! -e "$new" ] && [ -s "$bk" ]; then
   say "restore $bk"
   if [ "$dry" != 1 ]; then
-    cat "$bk" > "$new.fmtmp" && cmp -s "$bk" "$new.fmtmp" && chmod 600 "$new.fmtmp" && mv "$new.fmtmp" "$new" \
-      || { rm -f "$new.fmtmp"; echo @@error; echo "cannot restore $bk to $new"; exit 1; }
+    __RESTORE__ \
+      || { rm -f "$new__TMP__"; echo @@error; echo "cannot restore $bk to $new"; exit 1; }
   fi
 fi
 if [ -f "$new" ] && [ "$(perm "$new")" != 600 ]; then say "chmod 0600 $new"
@@ -62,14 +63,35 @@ if [ -f "$new" ] && [ "$(perm "$new")" != 600 ]; then say "chmod 0600 $new"
 echo @@backup
 if [ -n "$bk" ] && [ "$dry" != 1 ] && [ -s "$new" ] && ! cmp -s "$new" "$bk"; then
   # A plain copy (the storage may be FAT: no chmod), renamed into place.
-  mkdir -p "$(dirname "$bk")" && cat "$new" > "$bk.fmtmp" && mv -f "$bk.fmtmp" "$bk" && echo refreshed \
-    || { rm -f "$bk.fmtmp"; echo @@error; echo "cannot copy $new to $bk"; exit 1; }
+  __REFRESH__ && echo refreshed \
+    || { rm -f "$bk__TMP__"; echo @@error; echo "cannot copy $new to $bk"; exit 1; }
 fi
 echo @@status
 [ -f "$new" ] && echo state_present
 [ -z __ROOT__ ] && pidof tailscaled >/dev/null 2>&1 && echo daemon_running
 echo @@end
 """
+# The atomic writes (_device_shell): the state copied (or restored) and compared before it is renamed into place.
+_NEW, _NEW_TMP, _BK_TMP = '"$new"', f'"$new{TMP_SUFFIX}"', f'"$bk{TMP_SUFFIX}"'
+SCRIPT = (
+    SCRIPT.replace(
+        "__MOVE__",
+        " && ".join(
+            atomic_write(_NEW, _NEW_TMP, f'cp -p "$o" {_NEW_TMP}', checks=[f'cmp -s "$o" {_NEW_TMP}'], mode="600")
+        ),
+    )
+    .replace(
+        "__RESTORE__",
+        " && ".join(
+            atomic_write(_NEW, _NEW_TMP, f'cat "$bk" > {_NEW_TMP}', checks=[f'cmp -s "$bk" {_NEW_TMP}'], mode="600")
+        ),
+    )
+    .replace(
+        "__REFRESH__",
+        " && ".join(atomic_write('"$bk"', _BK_TMP, f'cat "$new" > {_BK_TMP}', mkdir='"$(dirname "$bk")"')),
+    )
+    .replace("__TMP__", TMP_SUFFIX)
+)
 
 
 def _abs(value: str, what: str) -> str:

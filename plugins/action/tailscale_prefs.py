@@ -29,10 +29,10 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script
     run_script,
     sh_quote,
 )
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_shell import WRITE_TMP_SUFFIX, atomic_write
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._prefs import (
     AUTH_KEY_PLACEHOLDER,
     LOGIN_STATES,
-    TAILNET_RANGES,
     Plan,
     PrefsError,
     desired_flags,
@@ -41,6 +41,7 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._prefs import 
     plan,
     render_config,
 )
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._routes import TAILNET_RANGES
 
 REDACTED = "********"
 
@@ -448,7 +449,7 @@ class ActionModule(ActionBase):
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
-            tmp_remote = f"{path}.fleetmesh-tmp"
+            tmp_remote = f"{path}{WRITE_TMP_SUFFIX}"
             prep = run_script(
                 self, f'umask 077; mkdir -p "$(dirname {sh_quote(path)})" && : > {sh_quote(tmp_remote)}', "config"
             )
@@ -466,8 +467,8 @@ class ActionModule(ActionBase):
             os.unlink(local)
         done = run_script(
             self,
-            f"chmod 600 {sh_quote(tmp_remote)} && mv -f {sh_quote(tmp_remote)} {sh_quote(path)}"
-            f" || {{ rc=$?; rm -f {sh_quote(tmp_remote)}; exit $rc; }}",
+            " && ".join(atomic_write(sh_quote(path), sh_quote(tmp_remote), mode="600"))
+            + f" || {{ rc=$?; rm -f {sh_quote(tmp_remote)}; exit $rc; }}",
             "config",
         )
         if done.rc != 0:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import typing as t
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._prefs import (
-    PrefsError,
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._routes import (
+    RouteError,
     normalize_routes,
 )
 
@@ -49,7 +49,7 @@ def subnet_routes(routes: t.Any) -> list[str]:
         raise AnsibleFilterError(f"subnet routes must be a list of CIDR prefixes, got {type(routes).__name__}")
     try:
         return normalize_routes(str(r) for r in routes)
-    except PrefsError as exc:
+    except RouteError as exc:
         raise AnsibleFilterError(str(exc)) from None
 
 

@@ -2,14 +2,14 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Private to the fleetmesh.tailscale collection: not a public API, may change without notice.
 
-The device-side half of ``fleetmesh.tailscale.install_files``: the POSIX sh scripts (busybox ash compatible) that
-inspect, apply and remove a set of files and symlinks, and the pure functions that turn the inspection output
-into a plan. Kept apart from the action so the planning is unit-tested without a device.
+The plan of an install (``fleetmesh.tailscale.install_files``, ``boot``): the wanted files and symlinks
+(FileSpec, LinkSpec), the POSIX sh scripts (busybox ash compatible) that inspect, apply and remove them, the pure
+functions that turn the inspection output into a Plan, and the manifest that records an install. Pure: the device
+round trips are _install_pipeline.py's, so the planning is unit-tested without a device.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import posixpath
@@ -17,44 +17,32 @@ import typing as t
 from dataclasses import dataclass, field
 
 from ansible.errors import AnsibleActionFail
-from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import (
-    parse_sections,
-    run_script,
-    sh_quote,
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_paths import (
+    NO_MODE_FS,
+    device_path,
+    mount_types,
+    unroot,
 )
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import parse_sections, sh_quote
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_shell import (
+    ROOT_OPTIONS,
+    TMP_SUFFIX,
+    atomic_write,
+    remount_rw,
+    remount_rw_if_read_only,
+    root_read_only,
+)
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._digest import sha256_cmd, sha256_file
 
-TMP_SUFFIX = ".fmtmp"
 BAK_SUFFIX = ".fmbak"
 # Filesystems round each file up to blocks: count a 4 KiB block of slack per uploaded file.
 SLACK_KB = 4
-# Filesystem types (the third field of /proc/mounts) that keep no Unix modes, owners or symlinks: FAT in its kernel
-# drivers and FUSE implementations, exFAT. A Kobo's /mnt/onboard is one. chmod there fails (EPERM or ENOSYS), and
-# the modes stat reports are the mount's, so files are written without chmod and their modes are not compared.
-NO_MODE_FS = frozenset({"vfat", "msdos", "fat", "umsdos", "exfat", "fuse.fusefat", "fuse.exfat", "fuseblk"})
 
 # sha256 of a file with whatever the device has; '-' when the file is absent or not regular.
-_PRELUDE = r"""h() { [ -f "$1" ] && [ ! -L "$1" ] || { echo -; return; }
-  if command -v sha256sum >/dev/null 2>&1; then sha256sum "$1"; else busybox sha256sum "$1"; fi | sed 's/ .*//'; }
-l() { if [ -L "$1" ]; then readlink "$1"; elif [ -e "$1" ]; then echo '!notlink'; else echo -; fi; }
+_PRELUDE = f"""h() {{ [ -f "$1" ] && [ ! -L "$1" ] || {{ echo -; return; }}
+  {sha256_cmd('"$1"')}; }}
+l() {{ if [ -L "$1" ]; then readlink "$1"; elif [ -e "$1" ]; then echo '!notlink'; else echo -; fi; }}
 """
-
-
-def device_path(value: str, what: str, root: str = "") -> str:
-    value = str(value)
-    if not value.startswith("/") or "\n" in value or value.rstrip("/") != value or "/../" in f"{value}/":
-        raise AnsibleActionFail(f"{what}: {value!r} must be an absolute path without '..', newline or trailing /")
-    return root + value
-
-
-def staging_root(value: t.Any) -> str:
-    """A rootfs staging dir (every written path goes below it; link targets stay in-image), or ''."""
-    raw = str(value or "")
-    if not raw:
-        return ""
-    root = raw.rstrip("/")
-    if not root:
-        raise AnsibleActionFail("root: '/' is not a staging dir; leave root empty to write the device itself")
-    return device_path(root, "root")
 
 
 @dataclass
@@ -89,11 +77,6 @@ class Plan:
     @property
     def changed(self) -> bool:
         return bool(self.uploads or self.links or self.mode_fixes or self.manifest_stale)
-
-
-def unroot(path: str, root: str) -> str:
-    """The in-image path of a path under a rootfs staging dir (``root`` empty: the path itself)."""
-    return path[len(root) :] if root and path.startswith(root + "/") else path
 
 
 def manifest_text(
@@ -135,16 +118,6 @@ def _probe_dirs(files: t.Sequence[FileSpec], links: t.Sequence[LinkSpec]) -> lis
     return sorted({posixpath.dirname(f.dest) for f in files} | {posixpath.dirname(lk.path) for lk in links})
 
 
-def mount_types(text: str) -> dict[str, str]:
-    """mount point -> filesystem type from `mountpoint<TAB>fstype` lines (the last mount of a point wins)."""
-    types: dict[str, str] = {}
-    for line in text.splitlines():
-        point, _sep, fstype = line.partition("\t")
-        if point.startswith("/") and fstype:
-            types[point.replace("\\040", " ")] = fstype.strip()
-    return types
-
-
 def check_script(
     files: t.Sequence[FileSpec], links: t.Sequence[LinkSpec], manifest: str, dirs: t.Sequence[str] = ()
 ) -> str:
@@ -161,7 +134,7 @@ def check_script(
             f'echo @@d{i}; q={sh_quote(d)}; while [ ! -e "$q" ]; do q=$(dirname "$q"); done; '
             f"printf '%s\\t' {sh_quote(d)}; df -Pk \"$q\" | sed -n '$p'"
         )
-    out.append("echo @@root; awk '$2 == \"/\" {o=$4} END {print o}' /proc/mounts")
+    out.append(f"echo @@root; {ROOT_OPTIONS}")
     out.append("echo @@fstypes; awk '{print $2 \"\\t\" $3}' /proc/mounts")
     if manifest:
         out.append(f"echo @@manifest; cat {sh_quote(manifest)} 2>/dev/null")
@@ -240,7 +213,7 @@ def plan_from_output(
         if mount is not None and mount in mounts:
             needed[mount] = needed.get(mount, 0) + math.ceil(f.size / 1024) + SLACK_KB
     plan.free = {m: (needed[m], mounts[m]) for m in needed}
-    plan.root_readonly = "ro" in sec.get("root", "").strip().split(",")
+    plan.root_readonly = root_read_only(sec.get("root", ""))
     if manifest:
         wanted_dirs = _wanted_dirs(files, dirs, manifest, links)
         missing = {d for d in sec.get("missing", "").split("\n") if d.startswith("/")}
@@ -312,10 +285,11 @@ def apply_script(
     undo_files: list[str] = []
     for f in plan.uploads:
         dest, tmp, bak = sh_quote(f.dest), sh_quote(tmp_name(f.dest)), sh_quote(f.dest + BAK_SUFFIX)
-        chmod = "" if f.dest in plan.no_mode else f"chmod {f.mode} {tmp} || exit 1; "
+        # The atomic write's chmod, then the old copy kept as the backup, then the rename.
+        *chmod, rename = atomic_write(dest, tmp, mode="" if f.dest in plan.no_mode else f.mode)
         out.append(
-            f"{chmod}rm -f {bak}; "
-            f"if [ -e {dest} ] || [ -L {dest} ]; then mv -f {dest} {bak} || exit 1; fi; mv -f {tmp} {dest} || exit 1"
+            "".join(f"{step} || exit 1; " for step in chmod) + f"rm -f {bak}; "
+            f"if [ -e {dest} ] || [ -L {dest} ]; then mv -f {dest} {bak} || exit 1; fi; {rename} || exit 1"
         )
         undo_files.append(f"rm -f {dest}; if [ -e {bak} ] || [ -L {bak} ]; then mv -f {bak} {dest}; fi")
     out += [f"chmod {f.mode} {sh_quote(f.dest)} || exit 1" for f in plan.mode_fixes]
@@ -325,8 +299,7 @@ def apply_script(
     ]
     remount = remount_root and plan.root_readonly and bool(plan.links or plan.stale_items)
     if remount:
-        out.append("mount -o remount,rw / || { echo 'cannot remount / read-write'; exit 1; }")
-        out.append("trap 'sync; mount -o remount,ro /' EXIT")
+        out += remount_rw("{ echo 'cannot remount / read-write'; exit 1; }")
 
     # Dirs this run may have created for the uploads go too when a failed verify leaves them empty.
     undo_dirs = [f"rmdir {sh_quote(d)} 2>/dev/null" for d in sorted({posixpath.dirname(f.dest) for f in plan.uploads})]
@@ -371,9 +344,14 @@ def apply_script(
         out.append(f'rmdir {q} 2>/dev/null || {{ [ ! -d {q} ] || keep="$keep"{line}; }}')
     if manifest and (plan.manifest_stale or plan.changed):
         mtmp = sh_quote(manifest + TMP_SUFFIX)
-        mdir = sh_quote(posixpath.dirname(manifest))
-        out.append(f'mkdir -p {mdir} && printf %s%s {sh_quote(manifest_body)} "$keep" > {mtmp}')
-        out.append(f"mv -f {mtmp} {sh_quote(manifest)} || exit 1")
+        *write, rename = atomic_write(
+            sh_quote(manifest),
+            mtmp,
+            f'printf %s%s {sh_quote(manifest_body)} "$keep" > {mtmp}',
+            mkdir=sh_quote(posixpath.dirname(manifest)),
+        )
+        out.append(" && ".join(write))
+        out.append(f"{rename} || exit 1")
     out.append("sync")
     out.append("echo @@end")
     return "\n".join(out) + "\n"
@@ -389,10 +367,7 @@ def remove_script(manifest: str, remount_root: bool, check_only: bool, root: str
     out = [f"[ -f {m} ] || {{ echo @@absent; echo @@end; exit 0; }}", f"echo @@manifest; cat {m}"]
     if not check_only:
         if remount_root:
-            out.append(
-                "if awk '$2 == \"/\" {o=$4} END {exit !(o ~ /(^|,)ro(,|$)/)}' /proc/mounts; then "
-                "mount -o remount,rw / && trap 'sync; mount -o remount,ro /' EXIT; fi"
-            )
+            out.append(remount_rw_if_read_only())
         out += [
             f"R={r}; dirs=$(sed -n 's/^dir //p' {m} | sort -r)",
             f'while read -r kind path; do case $kind in file) rm -f "$R$path";; '
@@ -403,15 +378,6 @@ def remove_script(manifest: str, remount_root: bool, check_only: bool, root: str
         ]
     out.append("echo @@end")
     return "\n".join(out) + "\n"
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """sha256 of a controller file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_spec(src: str, dest: str, mode: str, root: str = "") -> FileSpec:
@@ -431,25 +397,3 @@ def link_specs(items: t.Iterable[dict[str, t.Any]], files: t.Sequence[FileSpec],
     if len({f.dest for f in files} | {lk.path for lk in links}) != len(files) + len(links):
         raise AnsibleActionFail("files.dest and links.path must all be different paths")
     return links
-
-
-def upload(action: t.Any, plan: Plan, dirs: t.Sequence[str], label: str) -> None:
-    """Create the target dirs, then put every file that differs at its temp name (apply_script renames them)."""
-    if not plan.uploads:
-        return
-    prep = run_script(action, prepare_script(plan, dirs), f"{label} prepare")
-    if prep.rc != 0:
-        raise AnsibleActionFail(f"cannot prepare the target dirs: {(prep.stdout + prep.stderr).strip()}")
-    for f in plan.uploads:
-        action._connection.put_file(f.src, tmp_name(f.dest))  # pylint: disable=protected-access
-
-
-def remove(action: t.Any, manifest: str, *, remount_root: bool, root: str, label: str, before: str = "") -> dict:
-    """Remove what the manifest lists (check mode: only say so); `before` runs first in the same round trip."""
-    check_only = bool(action._task.check_mode)  # pylint: disable=protected-access
-    run = run_script(action, before + remove_script(manifest, remount_root, check_only, root), label)
-    sec = parse_sections(run.stdout)
-    if "end" not in sec:
-        raise AnsibleActionFail(f"removal failed (rc={run.rc}): {(run.stdout + run.stderr).strip()[:800]}")
-    removed = [path for _kind, path in parse_manifest(sec.get("manifest", ""), root)]
-    return {"changed": "absent" not in sec, "removed": removed}

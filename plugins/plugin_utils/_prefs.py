@@ -19,7 +19,7 @@ The node's tags are the ones the control server gave it (`Self.Tags` in `tailsca
 `AdvertiseTags` pref, which is only a request: headscale gives a node registered with a pre-auth key the key's tags
 (it refuses `--advertise-tags` at that first registration and ignores it on a re-authentication).
 
-Also validates subnet routes (netaddr) and renders tailscaled's declarative `--config` file (version alpha0).
+Validates the advertised routes with _routes.py and renders tailscaled's declarative `--config` file (version alpha0).
 No I/O here: everything is unit-tested on recorded JSON.
 """
 
@@ -29,17 +29,15 @@ import json
 import typing as t
 from dataclasses import dataclass, field
 
-try:
-    import netaddr
-except ImportError:  # a controller without netaddr fails with a clear message when routes are validated
-    netaddr = None
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._routes import (
+    EXIT_ROUTES,
+    RouteError,
+    normalize_routes,
+)
 
 DEFAULT_CONTROL_URL = "https://controlplane.tailscale.com"
 # up.go treats these two as the same server (isLoginServerSynonym).
 LOGIN_SYNONYMS = frozenset({DEFAULT_CONTROL_URL, "https://login.tailscale.com"})
-EXIT_ROUTES = ("0.0.0.0/0", "::/0")
-# Tailscale's address ranges: a controller reaching a device at one of these rides on the tailnet itself.
-TAILNET_RANGES = ("100.64.0.0/10", "fd7a:115c:a1e0::/48")
 NETFILTER_MODES = {0: "off", 1: "nodivert", 2: "on"}
 # Backend states in which the node has no usable login: only then (or for a server/tags change) is the key used.
 LOGIN_STATES = frozenset({"NeedsLogin", "NoState", ""})
@@ -85,48 +83,6 @@ OPTION_FLAGS: dict[str, str] = {
 
 class PrefsError(ValueError):
     """Desired state that cannot be applied (bad route, bad tag, ...): raised before anything touches a device."""
-
-
-def require_netaddr() -> None:
-    if netaddr is None:
-        raise PrefsError("validating routes needs the netaddr Python library on the controller (pip install netaddr)")
-
-
-def normalize_routes(routes: t.Iterable[t.Any]) -> list[str]:
-    """Validate subnet routes and return them canonical and sorted as Tailscale stores them.
-
-    Fails on a bad CIDR, a bare address, host bits set, duplicates, overlapping routes and the exit routes (those
-    are `advertise_exit_node`), so a bad list is refused before any change.
-    """
-    require_netaddr()
-    nets: list[t.Any] = []
-    for raw in routes:
-        text = str(raw).strip()
-        if "/" not in text:
-            raise PrefsError(f"route {text!r} is not a CIDR prefix (write e.g. {text}/32 for one host)")
-        try:
-            net = netaddr.IPNetwork(text)
-        except (netaddr.AddrFormatError, ValueError, TypeError) as exc:
-            raise PrefsError(f"route {text!r} is not a valid CIDR prefix: {exc}") from None
-        if net.ip != net.network:
-            raise PrefsError(f"route {text!r} has host bits set (did you mean {net.cidr}?)")
-        if str(net.cidr) in EXIT_ROUTES:
-            raise PrefsError(f"route {text!r} is an exit-node route: use advertise_exit_node instead")
-        nets.append(net.cidr)
-    for i, a in enumerate(nets):
-        for b in nets[i + 1 :]:
-            if a.version == b.version and (a in b or b in a):
-                what = "is listed twice" if a == b else f"overlaps {b}"
-                raise PrefsError(f"route {a} {what}: advertise each subnet once")
-    # CalcAdvertiseRoutes order: IPv4 before IPv6, then by prefix length and address (as the node reports them).
-    nets.sort(key=lambda n: (n.version, n.prefixlen, n.value))
-    return [str(n) for n in nets]
-
-
-def route_families(routes: t.Iterable[str]) -> list[int]:
-    """IP versions present in a (validated) route list, e.g. [4] or [4, 6]."""
-    require_netaddr()
-    return sorted({netaddr.IPNetwork(r).version for r in routes})
 
 
 def _same_server(a: str, b: str) -> bool:
@@ -187,7 +143,10 @@ def desired_flags(options: dict[str, t.Any]) -> dict[str, t.Any]:
         if value is None:
             continue
         if option == "advertise_routes":
-            value = normalize_routes(value)
+            try:
+                value = normalize_routes(value)
+            except RouteError as exc:
+                raise PrefsError(str(exc)) from None
         elif option == "advertise_tags":
             value = sorted(str(tag) for tag in value)
             for tag in value:

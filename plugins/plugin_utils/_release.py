@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ansible.module_utils.urls import ConnectionError as UrlConnectionError
 from ansible.module_utils.urls import open_url
-from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan import sha256_file
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._digest import sha256_file
 
 PROGRAMS = ("tailscale", "tailscaled")
 SYSTEMD_FILES = ("systemd/tailscaled.service", "systemd/tailscaled.defaults")

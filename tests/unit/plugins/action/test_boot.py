@@ -1,5 +1,5 @@
 """boot's service step, run for real under busybox ash: start and wait for the socket, restart once, fail fast
-with the log's tail when the daemon dies; and the state_dir script under a rootfs staging dir."""
+with the log's tail when the daemon dies."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.fleetmesh.tailscale.plugins.action.boot import service_script
-from ansible_collections.fleetmesh.tailscale.plugins.action.state_dir import interpret, render
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import parse_sections
 
 BUSYBOX = shutil.which("busybox")
@@ -57,25 +56,3 @@ def test_a_daemon_that_dies_fails_fast_with_its_log(tmp_path: Path) -> None:
     assert time.monotonic() - start < 15  # not the 30 s timeout
     assert sec["failed"] == "not running after its start"
     assert "createEngine: no iptables" in sec["log"]
-
-
-def test_state_dir_under_a_rootfs_staging_dir(tmp_path: Path) -> None:
-    image = tmp_path / "image"
-    (tmp_path / "tailscaled.state").write_text("not the image's")
-    script = render(
-        "/usrdata/tailscale/state",
-        "/usrdata/tailscale/state/logs",
-        [str(tmp_path / "tailscaled.state")],
-        False,
-        str(image),
-    )
-    info = interpret(sh(script).stdout, "/usrdata/tailscale/state", "/usrdata/tailscale/state/logs")
-    assert (image / "usrdata/tailscale/state/logs").is_dir()
-    assert (image / "usrdata/tailscale/state").stat().st_mode & 0o777 == 0o700
-    # Nothing moves into an image, and the facts keep in-image paths.
-    assert (tmp_path / "tailscaled.state").read_text() == "not the image's"
-    assert info["facts"]["tailscaled_args"] == [
-        "--statedir=/usrdata/tailscale/state",
-        "--state=/usrdata/tailscale/state/tailscaled.state",
-    ]
-    assert info["changes"][0].startswith(f"mkdir {image}/usrdata")

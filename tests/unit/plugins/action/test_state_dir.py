@@ -1,4 +1,5 @@
-"""state_dir's device script, run for real under busybox ash: move once, never overwrite, modes, check mode."""
+"""state_dir's device script, run for real under busybox ash: move once, never overwrite, modes, check mode, and
+under a rootfs staging dir."""
 
 from __future__ import annotations
 
@@ -111,3 +112,30 @@ def test_backup_is_restored_when_the_state_is_gone_then_kept_up_to_date(tmp_path
 def test_a_state_dir_on_fat_is_refused() -> None:
     with pytest.raises(AnsibleActionFail, match="in-memory store"):
         interpret("@@nomode\nvfat\n@@end\n", "/mnt/onboard/.tailscale/state", "/mnt/onboard/.tailscale/state/logs")
+
+
+def sh(script: str) -> subprocess.CompletedProcess[str]:
+    assert BUSYBOX is not None
+    return subprocess.run([BUSYBOX, "sh", "-c", script], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_state_dir_under_a_rootfs_staging_dir(tmp_path: Path) -> None:
+    image = tmp_path / "image"
+    (tmp_path / "tailscaled.state").write_text("not the image's")
+    script = render(
+        "/usrdata/tailscale/state",
+        "/usrdata/tailscale/state/logs",
+        [str(tmp_path / "tailscaled.state")],
+        False,
+        str(image),
+    )
+    info = interpret(sh(script).stdout, "/usrdata/tailscale/state", "/usrdata/tailscale/state/logs")
+    assert (image / "usrdata/tailscale/state/logs").is_dir()
+    assert (image / "usrdata/tailscale/state").stat().st_mode & 0o777 == 0o700
+    # Nothing moves into an image, and the facts keep in-image paths.
+    assert (tmp_path / "tailscaled.state").read_text() == "not the image's"
+    assert info["facts"]["tailscaled_args"] == [
+        "--statedir=/usrdata/tailscale/state",
+        "--state=/usrdata/tailscale/state/tailscaled.state",
+    ]
+    assert info["changes"][0].startswith(f"mkdir {image}/usrdata")

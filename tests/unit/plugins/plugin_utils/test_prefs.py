@@ -1,4 +1,4 @@
-"""_prefs: the planner picks nothing / set / up like cmd/tailscale/cli/up.go demands, and routes are validated."""
+"""_prefs: the planner picks nothing / set / up like cmd/tailscale/cli/up.go demands (routes: test_routes.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._prefs import 
     PrefsError,
     current_flags,
     desired_flags,
-    normalize_routes,
     parse_json,
     plan,
     render_config,
-    route_families,
 )
 
 # `tailscale debug prefs` of a fresh node (ControlURL empty, as real fresh nodes report it), trimmed.
@@ -174,27 +172,9 @@ def test_extra_up_args_and_reset_go_before_the_timeout() -> None:
     assert p.args[-3:] == ["--reset", "--operator=kobo", "--timeout=30s"]
 
 
-@pytest.mark.parametrize(
-    ("routes", "message"),
-    [
-        (["10.0.0.1/24"], r"host bits set \(did you mean 10.0.0.0/24\?\)"),
-        (["10.0.0.0/33"], "not a valid CIDR prefix"),
-        (["banana/8"], "not a valid CIDR prefix"),
-        (["10.0.0.1"], "is not a CIDR prefix"),
-        (["10.0.0.0/8", "10.1.0.0/16"], "overlaps"),
-        (["10.0.0.0/8", "10.0.0.0/8"], "listed twice"),
-        (["0.0.0.0/0"], "advertise_exit_node"),
-    ],
-)
-def test_bad_routes_are_refused(routes: list[str], message: str) -> None:
-    with pytest.raises(PrefsError, match=message):
-        normalize_routes(routes)
-
-
-def test_ipv4_and_ipv6_routes_of_the_same_numbers_do_not_overlap() -> None:
-    assert normalize_routes(["::/96", "0.0.0.0/1"]) == ["0.0.0.0/1", "::/96"]
-    assert route_families(["10.0.0.0/8"]) == [4]
-    assert route_families(["10.0.0.0/8", "fd00::/64"]) == [4, 6]
+def test_a_bad_route_is_a_prefs_error_naming_it() -> None:
+    with pytest.raises(PrefsError, match="has host bits set"):
+        desired_flags({"advertise_routes": ["10.1.2.3/16"]})
 
 
 def test_bad_tags_are_refused() -> None:

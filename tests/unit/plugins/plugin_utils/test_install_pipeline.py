@@ -1,0 +1,106 @@
+"""_install_pipeline: the round trips of an install (check, upload, apply, remove) against busybox ash on a temp dir,
+and how the device's answers become results and errors (install_files and boot both run this)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import typing as t
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from ansible.errors import AnsibleActionFail
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_pipeline import Install, apply, check, remove
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan import FileSpec, LinkSpec
+
+BUSYBOX = shutil.which("busybox")
+pytestmark = pytest.mark.skipif(BUSYBOX is None, reason="busybox (Debian busybox-static) is not installed")
+
+
+class Action:
+    """What the pipeline uses of an action: its connection (put_file), its task (check mode), its scripts."""
+
+    def __init__(self, check_mode: bool = False) -> None:
+        self.scripts: list[str] = []
+        self.uploads: list[str] = []
+        self._task = SimpleNamespace(check_mode=check_mode)
+        self._connection = SimpleNamespace(put_file=self.put_file)
+
+    def _low_level_execute_command(self, cmd: str, sudoable: bool = False, executable: str = "") -> dict[str, t.Any]:
+        del sudoable, executable
+        self.scripts.append(cmd)
+        assert BUSYBOX is not None
+        out = subprocess.run([BUSYBOX, "sh", "-c", cmd], capture_output=True, text=True, timeout=60, check=False)
+        return {"rc": out.returncode, "stdout": out.stdout, "stderr": out.stderr}
+
+    def put_file(self, src: str, dest: str) -> None:
+        self.uploads.append(dest)
+        shutil.copyfile(src, dest)
+
+
+def layout(tmp: Path, text: str = "#!/bin/sh\necho 1.2.3\n") -> Install:
+    src = tmp / "ctl" / "tailscaled"
+    src.parent.mkdir(exist_ok=True)
+    src.write_text(text)
+    dev = tmp / "dev"
+    spec = FileSpec(str(src), f"{dev}/opt/1/tailscaled", "0755", len(text), hashlib.sha256(text.encode()).hexdigest())
+    link = LinkSpec(f"{dev}/bin/tailscaled", spec.dest)
+    return Install("install_files", [spec], [link], [f"{dev}/opt"], f"{dev}/opt/.manifest")
+
+
+def test_install_is_check_prepare_upload_apply_then_a_one_round_trip_no_op(tmp_path: Path) -> None:
+    inst, action = layout(tmp_path), Action()
+    plan, _sec = check(action, inst)
+    assert plan.changed and [f.dest for f in plan.uploads] == [inst.files[0].dest]
+    apply(action, inst, plan, remount_root=False)
+    assert len(action.scripts) == 3  # check, prepare, apply
+    assert action.uploads == [str(tmp_path / "dev/opt/1/.tailscaled.fmtmp")]
+    assert Path(inst.links[0].path).resolve() == Path(inst.files[0].dest)
+    again, _sec = check(action, inst)
+    assert not again.changed and len(action.scripts) == 4
+
+
+def test_extra_sections_join_the_check_and_after_runs_without_an_upload(tmp_path: Path) -> None:
+    inst, action = layout(tmp_path), Action()
+    apply(action, inst, check(action, inst)[0], remount_root=False)
+    plan, sec = check(action, inst, "echo @@running; echo yes\n")
+    assert sec["running"] == "yes" and action.scripts[-1].endswith("echo @@running; echo yes\necho @@end\n")
+    sec = apply(action, inst, plan, remount_root=False, after="echo @@service; echo started\n")
+    assert sec["service"] == "started" and len(action.scripts) == 5 and len(action.uploads) == 1
+
+
+def test_failures_name_the_task_and_say_what_the_device_said(tmp_path: Path) -> None:
+    inst, action = layout(tmp_path), Action()
+    Path(inst.links[0].path).parent.mkdir(parents=True)
+    Path(inst.links[0].path).write_text("someone else's")
+    with pytest.raises(AnsibleActionFail, match=r"^install_files: .* exists and is not a symlink"):
+        check(action, inst)
+    Path(inst.links[0].path).unlink()
+    plan, _sec = check(action, inst)
+    with pytest.raises(AnsibleActionFail, match=r"^verification failed, said: rc=3"):
+        apply(
+            action, inst, plan, remount_root=False, verify="exit 3", fail_on={"verify": "verification failed, said: "}
+        )
+    assert not Path(inst.files[0].dest).exists()  # undone
+    with pytest.raises(AnsibleActionFail, match=r"^boot install failed \(rc=7\)"):
+        apply(action, inst, plan, remount_root=False, after="exit 7\n", failure="boot install failed")
+
+
+def test_not_enough_space_fails_before_anything_is_written(tmp_path: Path) -> None:
+    inst = layout(tmp_path)
+    inst.files[0].size = 1 << 50
+    with pytest.raises(AnsibleActionFail, match=r"^not enough space: needs .* MB free on .*; nothing was changed"):
+        check(Action(), inst)
+    assert not (tmp_path / "dev").exists()
+
+
+def test_remove_takes_the_manifest_and_check_mode_only_says_so(tmp_path: Path) -> None:
+    inst, action = layout(tmp_path), Action()
+    apply(action, inst, check(action, inst)[0], remount_root=False)
+    said = remove(Action(check_mode=True), inst.manifest, remount_root=False, root="", label="x")
+    assert said["changed"] and inst.files[0].dest in said["removed"] and Path(inst.files[0].dest).exists()
+    done = remove(action, inst.manifest, remount_root=False, root="", label="x")
+    assert done["changed"] and not Path(inst.files[0].dest).exists() and not (tmp_path / "dev/opt").exists()
+    assert remove(action, inst.manifest, remount_root=False, root="", label="x") == {"changed": False, "removed": []}
