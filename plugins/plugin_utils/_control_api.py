@@ -30,9 +30,6 @@ import urllib.parse
 from ansible.module_utils.urls import ConnectionError as UrlConnectionError
 from ansible.module_utils.urls import open_url
 
-# Re-exported: tests/integration/test_controlplane_lab.py reads api.EXIT_ROUTES.
-from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._routes import EXIT_ROUTES  # noqa: F401
-
 KINDS = ("headscale", "tailscale")
 TAILSCALE_API = "https://api.tailscale.com"
 # The options every control action takes (a dict option named `control`); no_log on every secret.

@@ -111,7 +111,7 @@ def apply(
     verify_stage: str = "links",
     syntax_check: t.Collection[str] = (),
     after: str = "",
-    fail_on: t.Mapping[str, str] = {},  # noqa: B006 - read only
+    fail_on: t.Mapping[str, str] | None = None,
     failure: str = "install failed",
 ) -> dict[str, str]:
     """Upload what differs and put the plan in place (nothing of that when the plan is unchanged), then ``after``,
@@ -137,7 +137,7 @@ def apply(
         ).removesuffix(END)
     done = run_script(action, script + after + END, f"{inst.label} apply")
     sec = parse_sections(done.stdout)
-    for name, message in fail_on.items():
+    for name, message in (fail_on or {}).items():
         if name in sec:
             raise AnsibleActionFail(f"{message}{sec[name]}")
     if done.rc != 0 or "end" not in sec:

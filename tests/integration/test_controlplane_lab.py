@@ -51,6 +51,7 @@ pytestmark = [
 lab = pytest.importorskip("fleetlab.lab", reason="the fleetlab package (tests/lab) is not installed")
 
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils import _control_api as api  # noqa: E402
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._routes import EXIT_ROUTES  # noqa: E402
 from provision_lab import Run, run_site, stop_sessions  # noqa: E402
 
 from fleetlab import control, lan  # noqa: E402
@@ -231,7 +232,7 @@ def test_the_router_logs_in_with_a_key_minted_for_it_and_spent(fleet: Fleet) -> 
 def test_the_routes_and_exit_node_are_approved_through_the_api_and_primary(fleet: Fleet) -> None:
     node = hs_node(fleet.client, ROUTER)
     assert node is not None
-    routes = sorted([LAN, *api.EXIT_ROUTES])  # the subnet route and the exit node
+    routes = sorted([LAN, *EXIT_ROUTES])  # the subnet route and the exit node
     assert node["advertised_routes"] == routes and node["approved_routes"] == routes, node
     # Served from cp-r (headscale 0.29 lists the exit routes among a node's subnetRoutes too).
     assert node["primary_routes"] == routes, node
@@ -330,7 +331,7 @@ def test_the_tailnet_inventory_lists_exactly_these_nodes(fleet: Fleet) -> None:
         assert hv["tailnet_ipv6"] == next(ip for ip in ips if ":" in ip), hv
         assert hv["tailnet_tags"] == [TAG] and hv["tailnet_profile"] == "sysvinit", hv
         assert hv["tailnet_online"] is True and hv["tailnet_hostname"] == name, hv
-    assert listed["_meta"]["hostvars"][ROUTER]["tailnet_primary_routes"] == sorted([LAN, *api.EXIT_ROUTES])
+    assert listed["_meta"]["hostvars"][ROUTER]["tailnet_primary_routes"] == sorted([LAN, *EXIT_ROUTES])
     assert fleet.control["api_key"] not in proc.stdout + proc.stderr
 
 
