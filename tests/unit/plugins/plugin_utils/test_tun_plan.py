@@ -24,19 +24,12 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._tun_plan impo
     parse_probe,
     render_probe,
 )
+from fake_tun_root import fake_insmod, fake_root, need, sh
 
 BUSYBOX = shutil.which("busybox")
 SHELLS = [pytest.param(["dash"], id="dash"), pytest.param([BUSYBOX or "busybox", "sh"], id="busybox")]
-IS_ROOT = os.geteuid() == 0
 KO = "/usrdata/tailscale/tun.ko"
 SHA = "a" * 64
-
-
-def need(shell: list[str]) -> None:
-    if shutil.which(shell[0]) is None:
-        pytest.skip(f"{shell[0]} is not installed (busybox: Debian busybox-static)")
-    if not IS_ROOT:
-        pytest.skip("mknod of a character device needs root")
 
 
 # --- the decision -------------------------------------------------------------------------------------------
@@ -165,20 +158,6 @@ def test_bad_listen_addresses_fail(value: str) -> None:
 # --- the scripts, for real, on a fake root ------------------------------------------------------------------
 
 
-def fake_root(tmp: Path, *, misc: bool = True, sysfs: bool = False) -> Path:
-    root = tmp / "root"
-    (root / "proc").mkdir(parents=True)
-    (root / "proc/misc").write_text(" 237 loop-control\n" + (" 200 tun\n" if misc else "") + " 229 fuse\n")
-    if sysfs:
-        (root / "sys/class/misc/tun").mkdir(parents=True)
-    return root
-
-
-def sh(shell: list[str], script: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PATH=path) if path else None
-    return subprocess.run([*shell, "-c", script], capture_output=True, text=True, timeout=30, check=False, env=env)
-
-
 @pytest.mark.parametrize("shell", SHELLS)
 def test_node_made_0600_char_10_200_then_nothing_to_do(shell: list[str], tmp_path: Path) -> None:
     need(shell)
@@ -218,20 +197,6 @@ def test_kernel_without_tun_probes_as_userspace(shell: list[str], tmp_path: Path
     with pytest.raises(AnsibleActionFail, match="cannot work"):
         decide(p, "kernel")
     assert not (root / "dev").exists()
-
-
-def fake_insmod(tmp: Path, root: Path, *, ok: bool) -> str:
-    """A PATH with an insmod that 'loads' tun by adding it to the fake /proc/misc (or fails like a bad module)."""
-    bindir = tmp / "bin"
-    bindir.mkdir()
-    body = (
-        f"echo \"$1\" >> {root}/insmod.log; echo ' 200 tun' >> {root}/proc/misc"
-        if ok
-        else ("echo \"insmod: can't insert '$1': invalid module format\" >&2; exit 1")
-    )
-    (bindir / "insmod").write_text(f"#!/bin/sh\n{body}\n")
-    (bindir / "insmod").chmod(0o755)
-    return f"{bindir}:{os.environ['PATH']}"
 
 
 def test_module_upload_insmod_install_then_second_run_is_quiet(tmp_path: Path) -> None:
