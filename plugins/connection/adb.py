@@ -137,9 +137,12 @@ options:
     vars:
       - name: fleetmesh_adb_login
   persist_timeout:
-    description: Seconds a logged-in background session stays up without a request before it logs out.
+    description: >-
+      Seconds a logged-in background session stays up without a request before it logs out. The default outlasts
+      the gap between one host's tasks in a fleet run (at 100 devices and 25 forks a host waits over a minute
+      between some of its tasks; 60 s meant 3-5 logins per device and run).
     type: int
-    default: 60
+    default: 300
     vars:
       - name: fleetmesh_adb_persist_timeout
     env:
