@@ -64,3 +64,12 @@ def test_state_dir_plan_publishes_what_the_action_does(tmp_path: Path, profile: 
     # What the action publishes for the same dirs on a device with no state and no daemon yet.
     acted = interpret("@@status\n@@end\n", state_dir, logs_dir, backup)["facts"]
     assert planned == acted
+
+
+def test_boot_init_system_choices_are_the_init_specs() -> None:
+    """The boot role checks boot_init_system only through its argument spec's choices: they must be exactly the init
+    systems boot_init_specs has data for (an init system added to one and not the other fails here)."""
+    spec = yaml.safe_load((REPO / "roles/boot/meta/argument_specs.yml").read_text())
+    choices = spec["argument_specs"]["main"]["options"]["boot_init_system"]["choices"]
+    specs = yaml.safe_load((REPO / "roles/boot/vars/main.yml").read_text())["boot_init_specs"]
+    assert sorted(choices) == sorted(specs)
