@@ -26,6 +26,7 @@ ARGUMENT_SPEC: dict[str, t.Any] = {
             "src": {"type": "path", "required": True},
             "dest": {"type": "str", "required": True},
             "mode": {"type": "str", "default": "0755"},
+            "src_gzip": {"type": "path", "default": ""},
         },
     },
     "links": {
@@ -67,12 +68,16 @@ class ActionModule(ActionBase):
                 remove(self, manifest, remount_root=bool(args["remount_root"]), root=root, label="install_files")
             )
             return result
-        files = [file_spec(str(item["src"]), item["dest"], str(item["mode"]), root) for item in args["files"]]
+        files = [
+            file_spec(str(item["src"]), item["dest"], str(item["mode"]), root, packed=str(item["src_gzip"] or ""))
+            for item in args["files"]
+        ]
         inst = Install.from_args("install_files", args, files, root=root, manifest=manifest)
         plan, _sec = check(self, inst)
         result.update(
             changed=plan.changed,
             uploaded=[f.dest for f in plan.uploads],
+            packed=[f.dest for f in plan.uploads if plan.unpacks(f)],
             linked=[lk.path for lk, _cur in plan.links],
             modes_fixed=[f.dest for f in plan.mode_fixes],
         )
@@ -87,6 +92,9 @@ class ActionModule(ActionBase):
             verify_expect=str(args["verify_expect"]),
             verify_stage=str(args["verify_stage"]),
             remount_root=bool(args["remount_root"]),
-            fail_on={"verify": f"verification failed, previous state restored: {str(args['verify'])!r} said: "},
+            fail_on={
+                "unpack": "a compressed upload (files.src_gzip) did not unpack to its files.src, nothing was changed: ",
+                "verify": f"verification failed, previous state restored: {str(args['verify'])!r} said: ",
+            },
         )
         return result

@@ -18,6 +18,7 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._release impor
     extract,
     from_directory,
     latest_version,
+    packed,
     parse_checksum,
     sha256_file,
     verify_checksum,
@@ -104,4 +105,5 @@ class ActionModule(ActionBase):
             "tarball": tarball,
             "downloaded": downloaded,
             "files": {name: str(p) for name, p in files.items()},
+            "packed": {name: str(p) for name, p in packed(files).items()},
         }

@@ -18,6 +18,10 @@ description:
     fails with the command's output verbatim.
   - When a filesystem lacks room, the task fails before anything changes, with the numbers
     (C(needs N MB, M MB free on /mnt/onboard)).
+  - A file with O(files[].src_gzip) travels compressed when the device can unpack gzip (C(gunzip), C(gzip -d),
+    C(busybox gunzip) or C(zcat), each tried for real in the first round trip); the compressed copy goes to a
+    temporary name, the device unpacks it beside the destination and checks the unpacked file's sha256 against
+    O(files[].src) before anything moves. A device without any of them gets O(files[].src) as it is.
   - A no-op run sends one command to the device and transfers nothing.
 options:
   files:
@@ -41,6 +45,14 @@ options:
             modes), and a link there is refused before anything changes (no symlinks on FAT).
         type: str
         default: '0755'
+      src_gzip:
+        description:
+          - Path on the controller of a gzip copy of O(files[].src) (what M(fleetmesh.tailscale.release) returns as
+            RV(fleetmesh.tailscale.release#module:packed)). Sent instead of O(files[].src) to a device that can
+            unpack it; a copy that does not unpack to O(files[].src) fails the task before anything changes.
+          - Ignored under O(root) (the staging tree is on the controller).
+        type: path
+        default: ''
   links:
     description: Symlinks to create or correct (a path that exists and is not a symlink is refused).
     type: list
@@ -152,6 +164,11 @@ uploaded:
   elements: str
 linked:
   description: Symlinks created or corrected.
+  returned: state=present
+  type: list
+  elements: str
+packed:
+  description: The part of RV(uploaded) that travelled compressed (O(files[].src_gzip), unpacked on the device).
   returned: state=present
   type: list
   elements: str

@@ -95,4 +95,13 @@ files:
   description: Controller paths of the extracted files, by name (C(tailscale), C(tailscaled), C(systemd/...)).
   returned: always
   type: dict
+packed:
+  description:
+    - Controller paths of gzip copies of the programs, by name (C(tailscale), C(tailscaled)), made once per release
+      when it is extracted. M(fleetmesh.tailscale.install_files) sends these (its C(files[].src_gzip)) to a device
+      that can unpack gzip, so a first install moves about the tarball's size, not twice it.
+    - Empty for a build directory (O(src) a directory), whose programs are sent as they are.
+  returned: always
+  type: dict
+  sample: {"tailscale": "/root/.cache/fleetmesh/tailscale/stable/tailscale_1.98.10_arm/tailscale.gz"}
 """

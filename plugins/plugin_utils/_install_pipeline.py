@@ -34,7 +34,7 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan 
     prepare_script,
     remove_script,
     space_errors,
-    tmp_name,
+    upload_name,
 )
 
 END = "echo @@end\n"
@@ -90,14 +90,16 @@ def check(action: t.Any, inst: Install, extra: str = "") -> tuple[Plan, dict[str
 
 
 def upload(action: t.Any, plan: Plan, dirs: t.Sequence[str], label: str) -> None:
-    """Create the target dirs, then put every file that differs at its temp name (apply_script renames them)."""
+    """Create the target dirs, then put every file that differs at its temp name (apply_script renames them), as
+    its gzip copy where the device unpacks one (apply_script unpacks it first)."""
     if not plan.uploads:
         return
     prep = run_script(action, prepare_script(plan, dirs), f"{label} prepare")
     if prep.rc != 0:
         raise AnsibleActionFail(f"cannot prepare the target dirs: {(prep.stdout + prep.stderr).strip()}")
     for f in plan.uploads:
-        action._connection.put_file(f.src, tmp_name(f.dest))  # pylint: disable=protected-access
+        src, dest = upload_name(plan, f)
+        action._connection.put_file(src, dest)  # pylint: disable=protected-access
 
 
 def apply(

@@ -35,6 +35,13 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_shell 
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._digest import sha256_cmd, sha256_file
 
 BAK_SUFFIX = ".fmbak"
+# A compressed upload's temp name is the file's temp name plus this (the device unpacks it to the temp name).
+GZ_SUFFIX = ".gz"
+# The ways a device may unpack gzip to stdout, in the order tried; the check's probe keeps the first that unpacks a
+# real gzip stream (a busybox may have the applet configured out although the name resolves).
+GUNZIP_COMMANDS = ("gunzip -c", "gzip -dc", "busybox gunzip -c", "zcat")
+# gzip of "A" (mtime 0), as printf octal escapes.
+_GZIP_A = r"\037\213\010\000\000\000\000\000\002\003\163\004\000\213\236\331\323\001\000\000\000"
 # Filesystems round each file up to blocks: count a 4 KiB block of slack per uploaded file.
 SLACK_KB = 4
 
@@ -52,6 +59,8 @@ class FileSpec:
     mode: str
     size: int
     sha256: str
+    packed: str = ""  # a gzip copy of src on the controller, or ''
+    packed_size: int = 0
 
 
 @dataclass
@@ -73,10 +82,15 @@ class Plan:
     no_mode: set[str] = field(default_factory=set)  # dests on a filesystem without modes (FAT): never chmod-ed
     root_readonly: bool = False
     free: dict[str, tuple[int, int]] = field(default_factory=dict)  # mount -> (needed_kb, avail_kb)
+    gunzip: str = ""  # the device's command that unpacks gzip to stdout (one of GUNZIP_COMMANDS), or ''
 
     @property
     def changed(self) -> bool:
         return bool(self.uploads or self.links or self.mode_fixes or self.manifest_stale)
+
+    def unpacks(self, f: FileSpec) -> bool:
+        """Whether f goes over compressed (it has a gzip copy and the device can unpack it)."""
+        return bool(f.packed and self.gunzip)
 
 
 def manifest_text(
@@ -136,6 +150,12 @@ def check_script(
         )
     out.append(f"echo @@root; {ROOT_OPTIONS}")
     out.append("echo @@fstypes; awk '{print $2 \"\\t\" $3}' /proc/mounts")
+    if any(f.packed for f in files):
+        tries = " ".join(sh_quote(z) for z in GUNZIP_COMMANDS)
+        out.append(
+            f"echo @@gunzip; for z in {tries}; do [ \"$(printf '{_GZIP_A}' | $z 2>/dev/null)\" = A ] && "
+            '{ echo "$z"; break; }; done'
+        )
     if manifest:
         out.append(f"echo @@manifest; cat {sh_quote(manifest)} 2>/dev/null")
         wanted = " ".join(sh_quote(d) for d in _wanted_dirs(files, dirs, manifest, links))
@@ -208,10 +228,16 @@ def plan_from_output(
                 "one file; put them on a case-sensitive filesystem"
             )
     plan.mode_fixes = [f for f in plan.mode_fixes if f.dest not in plan.no_mode]
+    gunzip = (sec.get("gunzip", "").splitlines() or [""])[0].strip()
+    plan.gunzip = gunzip if gunzip in GUNZIP_COMMANDS and not root else ""
     for f in plan.uploads:
         mount = dir_mount.get(posixpath.dirname(f.dest))
         if mount is not None and mount in mounts:
-            needed[mount] = needed.get(mount, 0) + math.ceil(f.size / 1024) + SLACK_KB
+            # A compressed upload and what it unpacks to are both there for a moment.
+            kb = math.ceil(f.size / 1024) + SLACK_KB
+            if plan.unpacks(f):
+                kb += math.ceil(f.packed_size / 1024) + SLACK_KB
+            needed[mount] = needed.get(mount, 0) + kb
     plan.free = {m: (needed[m], mounts[m]) for m in needed}
     plan.root_readonly = root_read_only(sec.get("root", ""))
     if manifest:
@@ -245,12 +271,44 @@ def prepare_script(plan: Plan, dirs: t.Sequence[str]) -> str:
     cmds = [f"mkdir -p {' '.join(sh_quote(d) for d in wanted)}"] if wanted else []
     # The glob also takes the connection's own temp copy of an earlier upload that a cut link or a power loss left
     # (put_file writes TMP.fmtmpXXXXXXXX and renames it to TMP only once its digest matched).
-    cmds += [f"rm -f {sh_quote(tmp_name(f.dest))} {sh_quote(tmp_name(f.dest) + TMP_SUFFIX)}*" for f in plan.uploads]
+    for f in plan.uploads:
+        tmp = tmp_name(f.dest)
+        cmds.append(f"rm -f {sh_quote(tmp)} {sh_quote(tmp + TMP_SUFFIX)}*")
+        if plan.unpacks(f):
+            cmds.append(f"rm -f {sh_quote(tmp + GZ_SUFFIX)} {sh_quote(tmp + GZ_SUFFIX + TMP_SUFFIX)}*")
     return " && ".join(cmds) + "\n" if cmds else ""
 
 
 def tmp_name(dest: str) -> str:
     return posixpath.join(posixpath.dirname(dest), f".{posixpath.basename(dest)}{TMP_SUFFIX}")
+
+
+def upload_name(plan: Plan, f: FileSpec) -> tuple[str, str]:
+    """(controller file, device temp name) of one upload: the gzip copy when the device unpacks it."""
+    if plan.unpacks(f):
+        return f.packed, tmp_name(f.dest) + GZ_SUFFIX
+    return f.src, tmp_name(f.dest)
+
+
+def unpack_lines(plan: Plan) -> list[str]:
+    """Unpack each compressed upload to its temp name and check its sha256; on any failure drop every temp file of
+    this run and stop (section ``unpack``, exit 5) before anything moved."""
+    packed = [f for f in plan.uploads if plan.unpacks(f)]
+    if not packed:
+        return []
+    drop = "; ".join(
+        f"rm -f {sh_quote(tmp_name(f.dest))} {sh_quote(tmp_name(f.dest) + GZ_SUFFIX)}" for f in plan.uploads
+    )
+    out = []
+    for f in packed:
+        tmp, gz = sh_quote(tmp_name(f.dest)), sh_quote(tmp_name(f.dest) + GZ_SUFFIX)
+        out.append(
+            f"if ! uout=$({plan.gunzip} < {gz} 2>&1 > {tmp}); then {drop}; "
+            f'echo @@unpack; echo {sh_quote(f.dest)}: "$uout"; echo @@end; exit 5; fi; rm -f {gz}; '
+            f'got=$({sha256_cmd(tmp)}); if [ "$got" != {f.sha256} ]; then {drop}; echo @@unpack; '
+            f'echo {sh_quote(f.dest)}: "sha256 $got, wanted {f.sha256}"; echo @@end; exit 5; fi'
+        )
+    return out
 
 
 def apply_script(
@@ -271,7 +329,7 @@ def apply_script(
     Uploaded files whose dest is in ``syntax_check`` are shell scripts: `sh -n` checks each temp copy before any
     file moves, so a broken script never replaces a working one (section ``syntax``, exit 4).
     """
-    out = ["set -u", "rc=0"]
+    out = ["set -u", "rc=0", *unpack_lines(plan)]
     checks = [f for f in plan.uploads if f.dest in syntax_check]
     if checks:
         drop = "; ".join(f"rm -f {sh_quote(tmp_name(f.dest))}" for f in plan.uploads)
@@ -380,13 +438,19 @@ def remove_script(manifest: str, remount_root: bool, check_only: bool, root: str
     return "\n".join(out) + "\n"
 
 
-def file_spec(src: str, dest: str, mode: str, root: str = "") -> FileSpec:
-    """A controller file to install at dest (checked: the file exists, mode is octal, dest is absolute)."""
+def file_spec(src: str, dest: str, mode: str, root: str = "", packed: str = "") -> FileSpec:
+    """A controller file to install at dest (checked: the file exists, mode is octal, dest is absolute), with an
+    optional gzip copy ``packed`` to send instead (not under a rootfs staging ``root``)."""
     if not os.path.isfile(src):
         raise AnsibleActionFail(f"files.src {src!r} is not a file on the controller")
     if not mode.isdigit() or len(mode) not in (3, 4) or any(c > "7" for c in mode):
         raise AnsibleActionFail(f"files.mode {mode!r} must be octal like '0755'")
-    return FileSpec(src, device_path(dest, "files.dest", root), mode, os.path.getsize(src), sha256_file(src))
+    if packed and not os.path.isfile(packed):
+        raise AnsibleActionFail(f"files.src_gzip {packed!r} is not a file on the controller")
+    spec = FileSpec(src, device_path(dest, "files.dest", root), mode, os.path.getsize(src), sha256_file(src))
+    if packed and not root:
+        spec.packed, spec.packed_size = packed, os.path.getsize(packed)
+    return spec
 
 
 def link_specs(items: t.Iterable[dict[str, t.Any]], files: t.Sequence[FileSpec], root: str = "") -> list[LinkSpec]:

@@ -62,6 +62,10 @@ def test_kobo_fresh_install_then_noop(kobo: Any, work: Path, mirror: str) -> Non
     first = run_site(kobo, work, mirror, {"binary_version": OLD})
     assert first.rc == 0, first.output[-3000:]
     assert first.changed >= 1 and first.puts >= 2
+    # The programs travelled as the release's gzip copies (busybox gunzip on the device), not as they are.
+    sent = re.findall(r"^<[^>]+> PUT (\S+) TO (\S+)", first.output, re.MULTILINE)
+    programs = sorted(dest.rsplit("/", 1)[1] for src, dest in sent if src.endswith(("/tailscale.gz", "/tailscaled.gz")))
+    assert programs == [".tailscale.fmtmp.gz", ".tailscaled.fmtmp.gz"], sent
     # armv7l got the arm build, linked into PATH through the stable `current` link.
     assert f"tailscale_{OLD}_arm.tgz" in str(mirror_stats(mirror)["paths"])
     assert sh(kobo, f"readlink {CURRENT}; readlink /usr/bin/tailscaled").split() == [

@@ -3,6 +3,7 @@ and how the device's answers become results and errors (install_files and boot b
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import shutil
 import subprocess
@@ -104,3 +105,42 @@ def test_remove_takes_the_manifest_and_check_mode_only_says_so(tmp_path: Path) -
     done = remove(action, inst.manifest, remount_root=False, root="", label="x")
     assert done["changed"] and not Path(inst.files[0].dest).exists() and not (tmp_path / "dev/opt").exists()
     assert remove(action, inst.manifest, remount_root=False, root="", label="x") == {"changed": False, "removed": []}
+
+
+def packed_layout(tmp: Path, text: str = "#!/bin/sh\necho 1.2.3\n", packed_text: str | None = None) -> Install:
+    """layout() with a gzip copy of the file (of other text when packed_text is given: a bad copy)."""
+    inst = layout(tmp, text)
+    gz = tmp / "ctl" / "tailscaled.gz"
+    gz.write_bytes(gzip.compress((text if packed_text is None else packed_text).encode(), mtime=0))
+    inst.files[0].packed, inst.files[0].packed_size = str(gz), gz.stat().st_size
+    return inst
+
+
+def test_a_gzip_copy_travels_and_is_unpacked_beside_the_destination(tmp_path: Path) -> None:
+    inst, action = packed_layout(tmp_path, "#!/bin/sh\n" + "echo 1.2.3\n" * 2000), Action()
+    plan, _sec = check(action, inst)
+    assert plan.gunzip and plan.unpacks(inst.files[0])  # busybox unpacks gzip: the probe found a way
+    apply(action, inst, plan, remount_root=False)
+    assert action.uploads == [str(tmp_path / "dev/opt/1/.tailscaled.fmtmp.gz")]
+    dest = Path(inst.files[0].dest)
+    assert dest.read_bytes() == Path(inst.files[0].src).read_bytes() and dest.stat().st_mode & 0o777 == 0o755
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["tailscaled"]  # no temp file left
+    assert not check(action, inst)[0].changed
+
+
+def test_a_gzip_copy_of_other_content_fails_before_anything_moves(tmp_path: Path) -> None:
+    inst, action = layout(tmp_path, "#!/bin/sh\necho 1.0.0\n"), Action()
+    apply(action, inst, check(action, inst)[0], remount_root=False)
+    old = Path(inst.files[0].dest).read_bytes()
+    bad = packed_layout(tmp_path, "#!/bin/sh\necho 1.2.3\n", packed_text="#!/bin/sh\necho tampered\n")
+    plan, _sec = check(action, bad)
+    with pytest.raises(AnsibleActionFail, match=r"^unpack: .*/opt/1/tailscaled: sha256 [0-9a-f]{64}, wanted "):
+        apply(action, bad, plan, remount_root=False, fail_on={"unpack": "unpack: "})
+    assert Path(bad.files[0].dest).read_bytes() == old
+    assert sorted(p.name for p in Path(bad.files[0].dest).parent.iterdir()) == ["tailscaled"]
+    # Not gzip at all: the unpacker's own message.
+    Path(bad.files[0].packed).write_bytes(b"not gzip")
+    plan, _sec = check(action, bad)
+    with pytest.raises(AnsibleActionFail, match=r"^unpack: .*/opt/1/tailscaled: .*"):
+        apply(action, bad, plan, remount_root=False, fail_on={"unpack": "unpack: "})
+    assert Path(bad.files[0].dest).read_bytes() == old

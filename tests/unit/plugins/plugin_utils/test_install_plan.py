@@ -20,6 +20,7 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan 
     remove_script,
     space_errors,
     tmp_name,
+    upload_name,
 )
 
 BUSYBOX = shutil.which("busybox")
@@ -173,6 +174,26 @@ def test_space_check_reports_numbers() -> None:
     )
     plan = plan_from_output(out, [f], [], [], "")
     assert space_errors(plan) == ["needs 30.0 MB, 10.0 MB free on /mnt/onboard"]
+
+
+def test_a_compressed_upload_counts_both_copies_and_needs_a_gunzip_the_probe_found() -> None:
+    f = FileSpec("/c/tailscaled", "/mnt/onboard/.tailscale/1.2.3/tailscaled", "0755", 30 << 20, "0" * 64)
+    f.packed, f.packed_size = "/c/tailscaled.gz", 15 << 20
+    df = "@@d0\n/mnt/onboard/.tailscale/1.2.3\t/dev/mmcblk0p3 65536 55296 10240 85% /mnt/onboard\n@@root\nrw\n"
+    assert "@@gunzip" in check_script([f], [], "")
+    plain = plan_from_output(f"@@f0\n-\n-\n{df}@@end\n", [f], [], [], "")
+    assert not plain.unpacks(f) and space_errors(plain) == ["needs 30.0 MB, 10.0 MB free on /mnt/onboard"]
+    assert upload_name(plain, f) == ("/c/tailscaled", "/mnt/onboard/.tailscale/1.2.3/.tailscaled.fmtmp")
+    packed = plan_from_output(f"@@f0\n-\n-\n{df}@@gunzip\nbusybox gunzip -c\n@@end\n", [f], [], [], "")
+    assert packed.unpacks(f) and space_errors(packed) == ["needs 45.0 MB, 10.0 MB free on /mnt/onboard"]
+    assert upload_name(packed, f) == ("/c/tailscaled.gz", "/mnt/onboard/.tailscale/1.2.3/.tailscaled.fmtmp.gz")
+    # Only the commands the probe tries are taken from the device's answer; under a staging root none is.
+    odd = plan_from_output(f"@@f0\n-\n-\n{df}@@gunzip\ngunzip -c; reboot\n@@end\n", [f], [], [], "")
+    assert not odd.unpacks(f)
+    staged = plan_from_output(f"@@f0\n-\n-\n{df}@@gunzip\ngunzip -c\n@@end\n", [f], [], [], "", root="/img")
+    assert not staged.unpacks(f)
+    # No gzip copy: no probe.
+    assert "@@gunzip" not in check_script([FileSpec("/c/x", "/d/x", "0644", 1, "0" * 64)], [], "")
 
 
 def test_cut_short_output_is_an_error() -> None:

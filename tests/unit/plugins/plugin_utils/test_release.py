@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -17,6 +18,7 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._release impor
     download,
     extract,
     latest_version,
+    packed,
     parse_checksum,
     version_from_name,
 )
@@ -185,4 +187,49 @@ def test_parallel_forks_extract_into_the_same_cache_dir(tmp_path: Path) -> None:
         thread.join()
     assert not errors, errors[0]
     assert (tmp_path / "out/tailscaled").read_bytes() == b"#!/bin/sh\necho daemon\n"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tailscale", "tailscaled"]
+    # The programs, their gzip copies, the stamp and the lock: no fork's temp file is left behind.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".fleetmesh-extracted.json",
+        ".lock",
+        "tailscale",
+        "tailscale.gz",
+        "tailscaled",
+        "tailscaled.gz",
+    ]
+
+
+def test_extract_makes_a_gzip_copy_of_each_program_and_packed_finds_them(tmp_path: Path) -> None:
+    src = tmp_path / "t.tgz"
+    src.write_bytes(tarball("1.82.0", "arm"))
+    files = extract(src, tmp_path / "out", with_systemd=True)
+    copies = packed(files)
+    assert sorted(copies) == ["tailscale", "tailscaled"]  # not the systemd files
+    for name, gz in copies.items():
+        assert gzip.decompress(gz.read_bytes()) == files[name].read_bytes()
+    # A build directory has no copies: its programs travel as they are.
+    assert packed({"tailscale": tmp_path / "bin/tailscale", "tailscaled": tmp_path / "bin/tailscaled"}) == {}
+
+
+def test_a_second_extract_of_the_same_tarball_does_not_read_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every host of a fleet resolves the release: only the first one unpacks (and compresses) it."""
+    src = tmp_path / "t.tgz"
+    src.write_bytes(tarball("1.82.0", "arm"))
+    first = extract(src, tmp_path / "out")
+    newer = tarball("1.82.0", "arm", {"tailscale_1.82.0_arm/tailscale": b"#!/bin/sh\necho new cli\n"})
+    opened: list[str] = []
+    real_open = tarfile.open
+
+    def counting_open(*args: object, **kwargs: object) -> tarfile.TarFile:
+        opened.append(str(args[0] if args else kwargs.get("name")))
+        return real_open(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tarfile, "open", counting_open)
+    assert extract(src, tmp_path / "out") == first and opened == []
+    # More members wanted than the stamp covers, a changed tarball, or a file gone: extracted again.
+    assert "systemd/tailscaled.service" in extract(src, tmp_path / "out", with_systemd=True) and len(opened) == 1
+    src.write_bytes(newer)
+    assert extract(src, tmp_path / "out")["tailscale"].read_bytes() == b"#!/bin/sh\necho new cli\n"
+    assert len(opened) == 2
+    (tmp_path / "out/tailscaled.gz").unlink()
+    extract(src, tmp_path / "out")
+    assert len(opened) == 3 and (tmp_path / "out/tailscaled.gz").is_file()
