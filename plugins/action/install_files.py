@@ -45,6 +45,7 @@ ARGUMENT_SPEC: dict[str, t.Any] = {
     "root": {"type": "str", "default": ""},
     "storage_mount": {"type": "str", "default": ""},
     "storage_mount_timeout": {"type": "int", "default": 30},
+    "keep_stale": {"type": "bool", "default": False},
 }
 
 
@@ -73,6 +74,7 @@ class ActionModule(ActionBase):
             for item in args["files"]
         ]
         inst = Install.from_args("install_files", args, files, root=root, manifest=manifest)
+        inst.keep_stale = bool(args["keep_stale"])
         plan, _sec = check(self, inst)
         result.update(
             changed=plan.changed,
@@ -80,11 +82,15 @@ class ActionModule(ActionBase):
             packed=[f.dest for f in plan.uploads if plan.unpacks(f)],
             linked=[lk.path for lk, _cur in plan.links],
             modes_fixed=[f.dest for f in plan.mode_fixes],
+            # What each switched link pointed to before (a link that did not exist is left out).
+            previous={lk.path: cur for lk, cur in plan.links if cur != "-"},
+            kept=[path for _kind, path in plan.kept],
+            verify_output="",
         )
         if not plan.changed or self._task.check_mode:
             return result
 
-        apply(
+        sec = apply(
             self,
             inst,
             plan,
@@ -97,4 +103,5 @@ class ActionModule(ActionBase):
                 "verify": f"verification failed, previous state restored: {str(args['verify'])!r} said: ",
             },
         )
+        result["verify_output"] = sec.get("verified", "")
         return result

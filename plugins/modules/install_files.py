@@ -124,6 +124,15 @@ options:
     description: Seconds to wait for O(storage_mount).
     type: int
     default: 30
+  keep_stale:
+    description:
+      - What O(manifest) lists from an earlier run and this one no longer wants (the previous version's dir and
+        files) is normally removed once the switch has passed O(verify).
+      - V(true) leaves it on the device and listed in the manifest (RV(kept)), so a caller can switch back to it
+        until the new version has proved itself (the binary role's health gate); a later run with V(false)
+        removes it.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -177,6 +186,20 @@ modes_fixed:
   returned: state=present
   type: list
   elements: str
+previous:
+  description: What each symlink of RV(linked) pointed to before this run (symlinks that did not exist are left
+    out), for example the previous version's dir.
+  returned: state=present
+  type: dict
+kept:
+  description: Paths left on the device and in the manifest because of O(keep_stale).
+  returned: state=present
+  type: list
+  elements: str
+verify_output:
+  description: What O(verify) printed (stdout and stderr) when it ran and passed, else empty.
+  returned: state=present
+  type: str
 removed:
   description: Paths the manifest listed (state=absent).
   returned: state=absent

@@ -27,6 +27,7 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._install_plan 
     Plan,
     apply_script,
     check_script,
+    kept_text,
     link_specs,
     manifest_text,
     parse_manifest,
@@ -52,6 +53,7 @@ class Install:
     root: str = ""  # a rootfs staging dir, or ''
     storage_mount: str = ""
     storage_mount_timeout: int = 30
+    keep_stale: bool = False  # leave what the old manifest lists and is no longer wanted (Plan.kept)
 
     @classmethod
     def from_args(
@@ -80,7 +82,9 @@ def check(action: t.Any, inst: Install, extra: str = "") -> tuple[Plan, dict[str
     run = run_script(action, script, f"{inst.label} check")
     raise_if_unmounted(run.stdout, mount, wait)
     try:
-        plan = plan_from_output(run.stdout, inst.files, inst.links, inst.dirs, inst.manifest, root=inst.root)
+        plan = plan_from_output(
+            run.stdout, inst.files, inst.links, inst.dirs, inst.manifest, root=inst.root, keep_stale=inst.keep_stale
+        )
     except ValueError as exc:
         raise AnsibleActionFail(f"{inst.label}: {exc}; device said: {run.stderr.strip()[:400]}") from exc
     errors = space_errors(plan)
@@ -133,7 +137,8 @@ def apply(
             verify_stage=verify_stage,
             remount_root=remount_root,
             manifest=inst.manifest,
-            manifest_body=manifest_text(inst.files, inst.links, plan.manifest_dirs or inst.dirs, inst.root),
+            manifest_body=manifest_text(inst.files, inst.links, plan.manifest_dirs or inst.dirs, inst.root)
+            + kept_text(plan, inst.root),
             syntax_check=syntax_check,
             root=inst.root,
         ).removesuffix(END)

@@ -79,6 +79,9 @@ class Plan:
     # run created (so removal leaves the device's file list as it was before the first install).
     manifest_dirs: list[str] = field(default_factory=list)
     stale_items: list[tuple[str, str]] = field(default_factory=list)  # in the old manifest, no longer wanted
+    # With keep_stale: what stale_items would have been, left on the device and in the manifest (a previous version
+    # kept until the new one has passed its health gate).
+    kept: list[tuple[str, str]] = field(default_factory=list)
     no_mode: set[str] = field(default_factory=set)  # dests on a filesystem without modes (FAT): never chmod-ed
     root_readonly: bool = False
     free: dict[str, tuple[int, int]] = field(default_factory=dict)  # mount -> (needed_kb, avail_kb)
@@ -106,6 +109,11 @@ def manifest_text(
         + [f"link {unroot(lk.path, root)}" for lk in links]
     )
     return "\n".join(lines) + "\n"
+
+
+def kept_text(plan: Plan, root: str = "") -> str:
+    """The manifest lines of what the plan keeps (keep_stale), appended after the wanted items."""
+    return "".join(f"{kind} {unroot(path, root)}\n" for kind, path in plan.kept)
 
 
 def parse_manifest(text: str, root: str = "") -> list[tuple[str, str]]:
@@ -174,8 +182,13 @@ def plan_from_output(
     manifest: str,
     *,
     root: str = "",
+    keep_stale: bool = False,
 ) -> Plan:
-    """Compare what the device reported with what is wanted; raise ValueError when the output is cut short."""
+    """Compare what the device reported with what is wanted; raise ValueError when the output is cut short.
+
+    With ``keep_stale`` what the old manifest lists and is no longer wanted stays (``Plan.kept``) instead of being
+    removed, and stays listed in the manifest after the wanted items.
+    """
     sec = parse_sections(output)
     if "end" not in sec:
         raise ValueError("the device's answer was cut short (no end marker)")
@@ -251,9 +264,11 @@ def plan_from_output(
         }
         plan.manifest_dirs = sorted(created - set(dirs)) + list(dirs)
         body = manifest_text(files, links, plan.manifest_dirs, root)
-        plan.manifest_stale = sec.get("manifest", "").strip() != body.strip()
         wanted = set(parse_manifest(body, root))
         plan.stale_items = [item for item in parse_manifest(sec.get("manifest", ""), root) if item not in wanted]
+        if keep_stale:
+            plan.kept, plan.stale_items = plan.stale_items, []
+        plan.manifest_stale = sec.get("manifest", "").strip() != (body + kept_text(plan, root)).strip()
     return plan
 
 
@@ -373,6 +388,8 @@ def apply_script(
         return [
             check + expect,
             f'if [ "$rc" != 0 ]; then {undo}; sync; echo @@verify; echo "rc=$rc"; echo "$vout"; echo @@end; exit 3; fi',
+            # What the check printed, for the caller (install_files returns it as verify_output).
+            'echo @@verified; printf "%s\\n" "$vout"',
         ]
 
     if verify and verify_stage == "files":

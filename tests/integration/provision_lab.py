@@ -10,6 +10,8 @@ plugin's -vvv log (`EXEC` and `PUT` lines).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import os
 import re
@@ -17,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -128,11 +131,8 @@ def wait_for(check: Any, timeout: float = 60) -> bool:
 LOCAL_VARS = ("binary_base_url", "iptables_shim_bundles")
 
 
-def run_site(
-    device: Any, tmp: Path, mirror: str, extra_vars: dict[str, Any] | None = None, *, check: bool = False
-) -> Run:
-    """ansible-playbook site.yml on one lab device at -vvv; counts EXEC/PUT lines of that host."""
-    control.up()  # idempotent; the session's lab_control_plane fixture stops it at the end
+def site_host_vars(device: Any, tmp: Path, mirror: str, extra_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One lab device's inventory vars for a loopback run (the mirror, the lab's login settings, extra_vars)."""
     hv = host_vars(device)
     hv.update(
         binary_base_url=mirror,
@@ -151,6 +151,55 @@ def run_site(
         # kernel mode needs it. Tests that want kernel mode there set networking_mode (and the shim) themselves.
         hv["networking_mode"] = "userspace"
     hv.update(extra_vars or {})
+    return hv
+
+
+def run_playbook(
+    groups: dict[str, list[Any]],
+    tmp: Path,
+    mirror: str,
+    extra_vars: dict[str, Any] | None = None,
+    *,
+    playbook: str = "site.yml",
+    cli_vars: dict[str, Any] | None = None,
+) -> tuple[int, str, dict[str, dict[str, int]]]:
+    """ansible-playbook PLAYBOOK on lab devices in inventory groups (extra_vars per host, cli_vars as -e);
+    (rc, output, {host: recap counts})."""
+    control.up()
+    inv = tmp / "inventory.yml"
+    # Each device in its profile's group (the device role reads the profile from it) and in the named groups.
+    tree: dict[str, Any] = {}
+    for ds in groups.values():
+        for d in ds:
+            tree.setdefault(d.profile, {"hosts": {}})["hosts"][d.name] = site_host_vars(d, tmp, mirror, extra_vars)
+    tree.update({g: {"hosts": {d.name: None for d in ds}} for g, ds in groups.items()})
+    inv.write_text(yaml.safe_dump(tree))
+    home = tmp / "home"
+    home.mkdir(exist_ok=True)
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", str(inv), str(REPO / "playbooks" / playbook)]
+        + (["-e", json.dumps(cli_vars)] if cli_vars else []),
+        env=ansible_env(home, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        cwd=REPO,
+    )
+    out = proc.stdout + proc.stderr
+    recaps = {
+        m.group(1): {"ok": int(m.group(2)), "changed": int(m.group(3)), "failed": int(m.group(5))}
+        for m in RECAP_RE.finditer(out)
+    }
+    return proc.returncode, out, recaps
+
+
+def run_site(
+    device: Any, tmp: Path, mirror: str, extra_vars: dict[str, Any] | None = None, *, check: bool = False
+) -> Run:
+    """ansible-playbook site.yml on one lab device at -vvv; counts EXEC/PUT lines of that host."""
+    control.up()  # idempotent; the session's lab_control_plane fixture stops it at the end
+    hv = site_host_vars(device, tmp, mirror, extra_vars)
     inv = tmp / "inventory.yml"
     inv.write_text(yaml.safe_dump({device.profile: {"hosts": {device.name: hv}}}))
     home = tmp / "home"
@@ -174,3 +223,27 @@ def run_site(
         execs=len(re.findall(r"^<[^>]+> EXEC ", out, re.MULTILINE)),
         puts=len(re.findall(r"^<[^>]+> PUT ", out, re.MULTILINE)),
     )
+
+
+def broken_release(mirror_root: Path, version: str, arch: str, tailscaled: bytes | None = None) -> Path:
+    """tailscale_<version>_<arch>.tgz made from the newer release: tailscale intact, tailscaled cut after 64 KiB
+    (it fails `--version` on the device) or replaced by ``tailscaled``, with its published .sha256 (the
+    controller's checks all pass)."""
+    src = mirror_root / "stable" / f"tailscale_{NEW}_{arch}.tgz"
+    dest = mirror_root / "stable" / f"tailscale_{version}_{arch}.tgz"
+    with tarfile.open(src) as tar_in, tarfile.open(dest, "w:gz") as tar_out:
+        for member in tar_in.getmembers():
+            data = tar_in.extractfile(member).read() if member.isfile() else None  # type: ignore[union-attr]
+            member.name = member.name.replace(f"tailscale_{NEW}_{arch}", f"tailscale_{version}_{arch}", 1)
+            if data is not None and member.name.endswith("/tailscaled"):
+                data = data[:65536] if tailscaled is None else tailscaled
+                member.size = len(data)
+            tar_out.addfile(member, io.BytesIO(data) if data is not None else None)
+    dest.with_name(dest.name + ".sha256").write_text(hashlib.sha256(dest.read_bytes()).hexdigest() + "\n")
+    return dest
+
+
+def tailscaled_wrapper(version: str, body: str) -> bytes:
+    """A tailscaled that answers `--version` as ``version`` (so it passes the check before the switch) and runs
+    ``body`` for anything else."""
+    return f'#!/bin/sh\ncase "$1" in --version) echo {version}; exit 0;; esac\n{body}\n'.encode()

@@ -10,11 +10,8 @@ boot hook) does the upgrade. Headscale nodes made here are deleted in teardown.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import json
 import os
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +26,16 @@ pytestmark = [
 
 lab = pytest.importorskip("fleetlab.lab", reason="the fleetlab package (tests/lab) is not installed")
 
-from provision_lab import NEW, OLD, release_mirror, run_site, stop_sessions, wait_for  # noqa: E402
+from provision_lab import (  # noqa: E402
+    NEW,
+    OLD,
+    broken_release,
+    release_mirror,
+    run_site,
+    stop_sessions,
+    tailscaled_wrapper,
+    wait_for,
+)
 
 from fleetlab import control  # noqa: E402
 
@@ -109,7 +115,9 @@ def test_upgrade_from_the_older_release_keeps_the_node(sysvinit: Any, work: Path
     before = identity(SV)
     old_pid, old_exe, _flags = daemon(SV)
     assert old_exe == f"{STORE}/{OLD}/tailscaled"
-    site(sysvinit, work, mirror)  # binary_version: the collection's default, the newer release
+    upgrade = site(sysvinit, work, mirror)  # binary_version: the collection's default, the newer release
+    # The health gate saw the new daemon Running as the same node before the old version was removed.
+    assert f"healthy: version {NEW}" in upgrade.output, upgrade.output[-3000:]
     # The CLI and the daemon are the new release: the boot role restarted tailscaled onto it.
     assert version(SV) == NEW and status(SV)["Version"].startswith(NEW)
     pid, exe, _flags = daemon(SV)
@@ -132,23 +140,6 @@ def test_reboot_keeps_the_node(sysvinit: Any, work: Path) -> None:
     assert identity(SV) == before
 
 
-def broken_release(mirror_root: Path, version: str, arch: str) -> Path:
-    """tailscale_<version>_<arch>.tgz made from the newer release: tailscale intact, tailscaled cut after 64 KiB
-    (it fails `--version` on the device), with its published .sha256 (the controller's checks all pass)."""
-    src = mirror_root / "stable" / f"tailscale_{NEW}_{arch}.tgz"
-    dest = mirror_root / "stable" / f"tailscale_{version}_{arch}.tgz"
-    with tarfile.open(src) as tar_in, tarfile.open(dest, "w:gz") as tar_out:
-        for member in tar_in.getmembers():
-            data = tar_in.extractfile(member).read() if member.isfile() else None  # type: ignore[union-attr]
-            member.name = member.name.replace(f"tailscale_{NEW}_{arch}", f"tailscale_{version}_{arch}", 1)
-            if data is not None and member.name.endswith("/tailscaled"):
-                data = data[:65536]
-                member.size = len(data)
-            tar_out.addfile(member, io.BytesIO(data) if data is not None else None)
-    dest.with_name(dest.name + ".sha256").write_text(hashlib.sha256(dest.read_bytes()).hexdigest() + "\n")
-    return dest
-
-
 def test_rollback_from_a_release_that_fails_its_check_keeps_the_node(sysvinit: Any, work: Path) -> None:
     before = identity(SV)
     pid, exe, flags = daemon(SV)
@@ -162,6 +153,51 @@ def test_rollback_from_a_release_that_fails_its_check_keeps_the_node(sysvinit: A
     assert version(SV) == NEW and sh(SV, f"readlink {STORE}/current").strip() == f"{STORE}/{NEW}"
     assert BROKEN not in sh(SV, f"ls -a {STORE}")
     assert identity(SV) == before
+
+
+def test_upgrade_whose_daemon_does_not_start_is_rolled_back(sysvinit: Any, work: Path, mirror: str) -> None:
+    bad = "1.99.1"
+    before = identity(SV)
+    with release_mirror(work / "nostart-mirror") as nostart:
+        broken_release(
+            work / "nostart-mirror",
+            bad,
+            "amd64",
+            tailscaled_wrapper(bad, "echo 'fails at start on purpose' >&2; exit 1"),
+        )
+        run = run_site(sysvinit, work, nostart, {"binary_version": bad, "binary_health_timeout": 20})
+    assert run.rc != 0 and run.failed == 1, run.output[-3000:]
+    # The boot role could not start it; the rescue switched back to the version kept on the device and restarted it.
+    assert f"rolled back to tailscale {NEW} (from {bad}" in run.output, run.output[-3000:]
+    assert sh(SV, f"readlink {STORE}/current").strip() == f"{STORE}/{NEW}"
+    assert wait_for(lambda: daemon(SV)[1] == f"{STORE}/{NEW}/tailscaled")
+    assert identity(SV) == before
+    # The failed version stays (listed in the manifest) until a run passes the gate: this one, back on the pin.
+    assert bad in sh(SV, f"ls {STORE}").split()
+    good = site(sysvinit, work, mirror)
+    assert "healthy: version" in good.output, good.output[-3000:]
+    assert sh(SV, f"ls {STORE}").split().count(bad) == 0 and identity(SV) == before
+    again = run_site(sysvinit, work, mirror)
+    assert again.rc == 0 and again.changed == 0, again.output[-3000:]
+
+
+def test_upgrade_that_comes_back_as_another_node_is_rolled_back(sysvinit: Any, work: Path, mirror: str) -> None:
+    bad = "1.99.2"
+    before = identity(SV)
+    nodes_before = {int(n["id"]) for n in control.nodes()}
+    # It starts and answers, but on an empty in-memory state: the login role logs it in as a new node.
+    real = f"{STORE}/{NEW}/tailscaled"
+    with release_mirror(work / "amnesia-mirror") as amnesia:
+        broken_release(work / "amnesia-mirror", bad, "amd64", tailscaled_wrapper(bad, f'exec {real} "$@" --state=mem:'))
+        run = run_site(sysvinit, work, amnesia, {"binary_version": bad, "binary_health_timeout": 20})
+    NODES.update(int(n["id"]) for n in control.nodes() if int(n["id"]) not in nodes_before)
+    assert run.rc != 0 and run.failed == 1, run.output[-3000:]
+    assert f"rolled back to tailscale {NEW} (from {bad}" in run.output, run.output[-3000:]
+    assert sh(SV, f"readlink {STORE}/current").strip() == f"{STORE}/{NEW}"
+    assert wait_for(lambda: "--state=mem:" not in daemon(SV)[2])
+    assert identity(SV) == before
+    assert site(sysvinit, work, mirror).changed > 0  # the gate passes and removes the failed version
+    assert bad not in sh(SV, f"ls {STORE}").split()
 
 
 def test_state_relocation_keeps_the_node(sysvinit: Any, work: Path, mirror: str) -> None:

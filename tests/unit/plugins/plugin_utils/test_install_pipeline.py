@@ -144,3 +144,49 @@ def test_a_gzip_copy_of_other_content_fails_before_anything_moves(tmp_path: Path
     with pytest.raises(AnsibleActionFail, match=r"^unpack: .*/opt/1/tailscaled: .*"):
         apply(action, bad, plan, remount_root=False, fail_on={"unpack": "unpack: "})
     assert Path(bad.files[0].dest).read_bytes() == old
+
+
+def version_layout(tmp: Path, version: str) -> Install:
+    """Version ``version`` of a tailscaled at dev/opt/<version>/ with dev/bin/tailscaled linked to it."""
+    text = f"#!/bin/sh\necho {version}\n"
+    src = tmp / "ctl" / version / "tailscaled"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_text(text)
+    dev = tmp / "dev"
+    dest = f"{dev}/opt/{version}/tailscaled"
+    spec = FileSpec(str(src), dest, "0755", len(text), hashlib.sha256(text.encode()).hexdigest())
+    return Install(
+        "install_files",
+        [spec],
+        [LinkSpec(f"{dev}/bin/tailscaled", dest)],
+        [f"{dev}/opt", f"{dev}/opt/{version}"],
+        f"{dev}/opt/.manifest",
+    )
+
+
+def test_keep_stale_leaves_the_previous_version_listed_until_a_run_without_it(tmp_path: Path) -> None:
+    action, dev = Action(), tmp_path / "dev"
+    one = version_layout(tmp_path, "1")
+    apply(action, one, check(action, one)[0], remount_root=False)
+    two = version_layout(tmp_path, "2")
+    two.keep_stale = True
+    plan, _sec = check(action, two)
+    assert plan.stale_items == [] and sorted(plan.kept) == [
+        ("dir", f"{dev}/opt/1"),
+        ("file", f"{dev}/opt/1/tailscaled"),
+    ]
+    assert plan.links == [(two.links[0], f"{dev}/opt/1/tailscaled")]  # what it pointed to before
+    sec = apply(action, two, plan, remount_root=False, verify=f"{dev}/opt/2/tailscaled", verify_expect="2")
+    assert sec["verified"] == "2"  # the check's output comes back
+    assert Path(two.links[0].path).resolve() == Path(two.files[0].dest)
+    assert (dev / "opt/1/tailscaled").exists()  # kept, and still listed: a removal would take it
+    manifest = (dev / "opt/.manifest").read_text()
+    assert f"file {dev}/opt/1/tailscaled\n" in manifest and f"file {dev}/opt/2/tailscaled\n" in manifest
+    # Kept again on the next run: nothing to do; without keep_stale the previous version goes.
+    assert not check(action, two)[0].changed
+    two.keep_stale = False
+    plan, _sec = check(action, two)
+    assert plan.changed and not plan.uploads and not plan.links and plan.kept == []
+    apply(action, two, plan, remount_root=False)
+    assert not (dev / "opt/1").exists() and f"{dev}/opt/1" not in (dev / "opt/.manifest").read_text()
+    assert not check(action, two)[0].changed
