@@ -154,6 +154,22 @@ def site_host_vars(device: Any, tmp: Path, mirror: str, extra_vars: dict[str, An
     return hv
 
 
+def _ansible_playbook(tmp: Path, inv: Path, args: list[str], *, timeout: int) -> tuple[int, str]:
+    """ansible-playbook -i INV ARGS with this checkout's ansible.cfg and a home under tmp; (rc, stdout + stderr)."""
+    home = tmp / "home"
+    home.mkdir(exist_ok=True)
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", str(inv), *args],
+        env=ansible_env(home, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=REPO,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
 def run_playbook(
     groups: dict[str, list[Any]],
     tmp: Path,
@@ -174,24 +190,13 @@ def run_playbook(
             tree.setdefault(d.profile, {"hosts": {}})["hosts"][d.name] = site_host_vars(d, tmp, mirror, extra_vars)
     tree.update({g: {"hosts": {d.name: None for d in ds}} for g, ds in groups.items()})
     inv.write_text(yaml.safe_dump(tree))
-    home = tmp / "home"
-    home.mkdir(exist_ok=True)
-    proc = subprocess.run(
-        ["ansible-playbook", "-i", str(inv), str(REPO / "playbooks" / playbook)]
-        + (["-e", json.dumps(cli_vars)] if cli_vars else []),
-        env=ansible_env(home, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-        cwd=REPO,
-    )
-    out = proc.stdout + proc.stderr
+    args = [str(REPO / "playbooks" / playbook), *(["-e", json.dumps(cli_vars)] if cli_vars else [])]
+    rc, out = _ansible_playbook(tmp, inv, args, timeout=900)
     recaps = {
         m.group(1): {"ok": int(m.group(2)), "changed": int(m.group(3)), "failed": int(m.group(5))}
         for m in RECAP_RE.finditer(out)
     }
-    return proc.returncode, out, recaps
+    return rc, out, recaps
 
 
 def run_site(
@@ -202,21 +207,11 @@ def run_site(
     hv = site_host_vars(device, tmp, mirror, extra_vars)
     inv = tmp / "inventory.yml"
     inv.write_text(yaml.safe_dump({device.profile: {"hosts": {device.name: hv}}}))
-    home = tmp / "home"
-    home.mkdir(exist_ok=True)
-    proc = subprocess.run(
-        ["ansible-playbook", "-vvv", "-i", str(inv), str(REPO / "playbooks/site.yml"), *(["--check"] if check else [])],
-        env=ansible_env(home, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        cwd=REPO,
-    )
-    out = proc.stdout + proc.stderr
+    args = ["-vvv", str(REPO / "playbooks/site.yml"), *(["--check"] if check else [])]
+    rc, out = _ansible_playbook(tmp, inv, args, timeout=600)
     recap = {m.group(1): m for m in RECAP_RE.finditer(out)}.get(device.name)
     return Run(
-        rc=proc.returncode,
+        rc=rc,
         output=out,
         changed=int(recap.group(3)) if recap else -1,
         failed=int(recap.group(5)) if recap else -1,
