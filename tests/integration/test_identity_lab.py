@@ -10,8 +10,12 @@ boot hook) does the upgrade. Headscale nodes made here are deleted in teardown.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
+import re
+import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,15 +113,72 @@ def site(device: Any, work: Path, mirror: str, **extra: Any) -> Any:
     return run
 
 
+@contextlib.contextmanager
+def headscale_seen_offline() -> Iterator[str]:
+    """The lab's headscale API behind a loopback proxy that lists every node offline: a control server that does
+    not see the node (its map session never came back). Other calls pass through unchanged."""
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            req = urllib.request.Request(
+                control.CONTROL_URL + self.path, headers={"Authorization": self.headers["Authorization"]}
+            )
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - the lab's own control URL
+                body = json.loads(resp.read())
+            for node in body.get("nodes") or []:
+                node["online"] = False
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_upgrade_from_the_older_release_keeps_the_node(sysvinit: Any, work: Path, mirror: str) -> None:
     site(sysvinit, work, mirror, binary_version=OLD)
     assert version(SV) == OLD and status(SV)["Version"].startswith(OLD)
     before = identity(SV)
     old_pid, old_exe, _flags = daemon(SV)
     assert old_exe == f"{STORE}/{OLD}/tailscaled"
-    upgrade = site(sysvinit, work, mirror)  # binary_version: the collection's default, the newer release
-    # The health gate saw the new daemon Running as the same node before the old version was removed.
+    api_key = control.api_key("1h")
+    # A control server that does not list the node online: the gate does not pass, the device goes back to OLD.
+    with headscale_seen_offline() as offline_url:
+        spec = {"type": "headscale", "url": offline_url, "api_key": api_key, "user": "lab"}
+        unseen = run_site(sysvinit, work, mirror, {"fleetmesh_control": spec, "binary_health_timeout": 6})
+    (work / "inventory.yml").unlink()  # held the API key
+    assert unseen.rc != 0 and unseen.failed == 1, unseen.output[-3000:]
+    assert api_key not in unseen.output
+    assert f"rolled back to tailscale {OLD} (from {NEW}" in unseen.output, unseen.output[-3000:]
+    assert "the control server does not list node" in unseen.output, unseen.output[-3000:]
+    assert wait_for(lambda: daemon(SV)[1] == old_exe) and version(SV) == OLD
+    assert identity(SV) == before
+    # The real control server: the node is back online there, the gate passes.
+    spec = {"type": "headscale", "url": control.CONTROL_URL, "api_key": api_key, "user": "lab"}
+    upgrade = site(sysvinit, work, mirror, fleetmesh_control=spec)  # binary_version: the default, the newer release
+    (work / "inventory.yml").unlink()
+    assert api_key not in upgrade.output
+    # The health gate saw the new daemon Running as the same node before the old version was removed, and the
+    # control server listed it online.
     assert f"healthy: version {NEW}" in upgrade.output, upgrade.output[-3000:]
+    online = re.search(
+        r"TASK \[fleetmesh\.tailscale\.binary : Wait for the control server to list the node online\]"
+        r"[^\n]*\n(?:(?!TASK \[).*\n)*?ok: \[" + SV + r"\]",
+        upgrade.output,
+    )
+    assert online, upgrade.output[-3000:]
     # The CLI and the daemon are the new release: the boot role restarted tailscaled onto it.
     assert version(SV) == NEW and status(SV)["Version"].startswith(NEW)
     pid, exe, _flags = daemon(SV)
