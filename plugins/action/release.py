@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._arch import RELEASE_ARCHES
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._release import (
     TRACKS,
@@ -36,6 +37,8 @@ ARGUMENT_SPEC: dict[str, t.Any] = {
     "systemd_files": {"type": "bool", "default": False},
 }
 
+display = Display()
+
 
 class ActionModule(ActionBase):
     """Controller-side release handling; sends nothing to the device."""
@@ -46,6 +49,7 @@ class ActionModule(ActionBase):
     def run(self, tmp: str | None = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
         result = super().run(tmp, task_vars)
         del tmp
+        self._host_label = str((task_vars or {}).get("inventory_hostname", "controller"))
         _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         arch, version, src = str(args["arch"]), str(args["version"]), str(args["src"] or "")
         if arch not in RELEASE_ARCHES:
@@ -60,6 +64,10 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail(str(exc)) from exc
         result.update(changed=False, **info)
         return result
+
+    def _progress(self, line: str) -> None:
+        """A long download's progress: stderr at default verbosity, like the connection plugins' put_file."""
+        display.display(f"{self._host_label}: {line}", stderr=True)
 
     def _resolve(self, args: dict[str, t.Any], arch: str, version: str, src: str) -> dict[str, t.Any]:
         cache = Path(str(args["cache_dir"]))
@@ -94,6 +102,7 @@ class ActionModule(ActionBase):
                 arch,
                 cache_dir=cache,
                 checksum=str(args["checksum"]),
+                progress=self._progress,
             )
             files = extract(
                 tar_path, cache / str(args["track"]) / tar_path.name.removesuffix(".tgz"), bool(args["systemd_files"])

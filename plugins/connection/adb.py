@@ -32,6 +32,9 @@ description:
     trips plus the bytes, where C(adb push) takes four; C(adb push)/C(adb pull) when C(ADB_SERVER_SOCKET) is set or
     the server does not answer on its port), to a temporary name first, verified by SHA-256 on the device (MD5
     when the device has no C(sha256sum), with a warning) and renamed into place in one more round trip.
+  - B(Progress.) A put_file over the sync protocol that runs longer than 3 seconds prints a line every 5 seconds,
+    at default verbosity, on stderr (bytes the adb server has taken, rate, time left) and one when it is done; not
+    with the C(adb push) fallback.
   - A device that goes away (unplugged, adbd gone) makes the task UNREACHABLE with the adb client's reason.
   - C(become) is not supported (these devices give a root shell).
 author:
@@ -216,6 +219,7 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._adb_client im
     NotStarted,
     feature_list,
 )
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._progress import Progress
 
 display = Display()
 
@@ -415,9 +419,9 @@ class Connection(ConnectionBase):
 
     # --------------------------------------------------------------------------------------------------- files
 
-    def _push(self, local: str, remote: str) -> None:
+    def _push(self, local: str, remote: str, progress: t.Callable[[int], None] | None = None) -> None:
         try:
-            self._fresh_transport(lambda: self.client.push(local, remote))
+            self._fresh_transport(lambda: self.client.push(local, remote, progress))
         except DeviceGone as exc:
             raise AnsibleConnectionFailure(f"adb {self.client.serial}: {exc}") from None
         except AdbError as exc:
@@ -433,10 +437,18 @@ class Connection(ConnectionBase):
         out_path = str(out_path)
         display.vvv(f"PUT {local} TO {out_path}", host=self.client.serial)
         tmp = f"{out_path}.fmtmp{secrets.token_hex(4)}"
+        # Lines on stderr at default verbosity, so stdout callbacks that print JSON stay parseable; from a worker,
+        # Display hands them to the main process.
+        meter = Progress(
+            os.path.getsize(local),
+            f"put {os.path.basename(out_path)}",
+            lambda line: display.display(f"adb {self.client.serial}: {line}", stderr=True),
+        )
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             digests = pool.submit(_digests, local)  # hashed while adb pushes
-            self._push(local, tmp)
+            self._push(local, tmp, meter.update)
             sha256, md5 = digests.result()
+        meter.finish()
         qtmp, qout = shlex.quote(tmp), shlex.quote(out_path)
         # One round trip: checksum on the device, then rename into place or remove the temp file.
         check = (

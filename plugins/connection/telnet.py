@@ -28,6 +28,9 @@ description:
     (C(uudecode), then a C(printf) octal loop, when C(base64) is missing). O(transfer_method=auto) falls back from
     HTTP to the shell when the device cannot reach the controller. fetch_file reads C(base64) output (C(uuencode -m)
     or C(od) as fallbacks), verified the same way.
+  - B(Progress.) A put_file that runs longer than 3 seconds prints a line every 5 seconds, at default verbosity,
+    on stderr (bytes the link has acknowledged, rate, time left) and one when it is done, for HTTP and inline
+    transfers alike.
   - C(become) is not supported (these devices give a root login); log in as the user you need.
 author:
   - fleetmesh developers !UNKNOWN
@@ -303,22 +306,29 @@ class Connection(ConnectionBase):
             raise ConnectionRefusedError("no background session")
         return _session_client.call(self._socket_path, req)
 
-    def _local_call(self, req: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    def _local_call(self, req: dict[str, Any], on_progress: Any = None) -> tuple[dict[str, Any], bytes]:
         if self._local_session is None:
             raise AnsibleError("telnet: no session (internal error)")
         from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils import _session_daemon  # noqa: PLC0415
 
         cfg = self._config()
-        return _session_daemon.handle(self._local_session, cfg, req)
+        return _session_daemon.handle(self._local_session, cfg, req, on_progress)
 
-    def _call(self, req: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    def _call(self, req: dict[str, Any], on_progress: Any = None) -> tuple[dict[str, Any], bytes]:
         if self._local_session is not None:
-            return self._unwrap(*self._local_call(req))
+            return self._unwrap(*self._local_call(req, on_progress))
         if self._socket_path is None:
             raise AnsibleError("telnet: no control socket path (internal error)")
         # When the background process is gone (idle exit, killed), request() starts a new one once, then gives up.
-        reply = _session_client.request(self._socket_path, self._config(), req, self._vvv, unusable=_unusable)
+        reply = _session_client.request(
+            self._socket_path, self._config(), req, self._vvv, unusable=_unusable, on_progress=on_progress
+        )
         return self._unwrap(*reply)
+
+    def _progress(self, line: str) -> None:
+        """A long put's progress (_progress.Progress, sent by the session): stderr at default verbosity, so
+        stdout callbacks that print JSON stay parseable; from a worker, Display hands it to the main process."""
+        display.display(f"telnet {self.get_option('remote_addr')}: {line}", stderr=True)
 
     def _unwrap(self, reply: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
         for msg in reply.get("log", ()):
@@ -354,8 +364,8 @@ class Connection(ConnectionBase):
             raise AnsibleFileNotFound(f"file or module does not exist: {local}")
         display.vvv(f"PUT {local} TO {out_path}", host=str(self.get_option("remote_addr")))
         started = time.monotonic()
-        req = {"op": "put", "local": os.path.abspath(local), "remote": str(out_path)}
-        reply = self._call({**req, "method": str(self.get_option("transfer_method"))})[0]
+        req = {"op": "put", "local": os.path.abspath(local), "remote": str(out_path), "progress": True}
+        reply = self._call({**req, "method": str(self.get_option("transfer_method"))}, self._progress)[0]
         self._vvv(f"put {out_path} by {reply['method']} in {time.monotonic() - started:.1f}s")
 
     def fetch_file(self, in_path: str, out_path: str) -> None:

@@ -24,8 +24,10 @@ import time
 import typing as t
 
 try:
+    from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._progress import unacked
     from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._shell_framing import prompt_text
 except ImportError:  # inside the session process, started as a script: this directory is sys.path[0]
+    from _progress import unacked  # type: ignore[no-redef]
     from _shell_framing import prompt_text  # type: ignore[no-redef]
 
 # What `adb get-state` / `adb connect` print, and what each means for the user.
@@ -337,8 +339,11 @@ class AdbClient:
             raise
         return sock
 
-    def push(self, local: str, remote: str) -> None:
-        """Copy a local file to remote (a temp name: a failure before the device opened sync is NotStarted)."""
+    def push(self, local: str, remote: str, progress: t.Callable[[int], None] | None = None) -> None:
+        """Copy a local file to remote (a temp name: a failure before the device opened sync is NotStarted).
+
+        progress(count), when given, is told after each write how many bytes of the file the adb server has taken
+        (not with the adb client's own push, used when the server's socket is not reachable)."""
         try:
             sock = self._sync()
         except (OSError, EOFError) as exc:
@@ -358,6 +363,8 @@ class AdbClient:
                     if len(out) >= SYNC_DATA_MAX:
                         sock.sendall(out)
                         out.clear()
+                        if progress is not None:
+                            progress(max(src.tell() - unacked(sock), 0))
                 sock.sendall(out + b"DONE" + struct.pack("<I", int(time.time())))
                 _sync_status(sock, f"adb push to {remote}")
                 sock.sendall(b"QUIT" + struct.pack("<I", 0))  # no need to wait for the device's close

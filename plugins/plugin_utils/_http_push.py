@@ -4,7 +4,9 @@
 
 It listens on the controller address the device reaches us from, serves exactly one file under a random path
 (any other request gets 404), and stops after one complete response or when close() is called. No Ansible import:
-the persistent session daemon uses it too.
+the persistent session daemon uses it too. on_progress(count), when set before the device connects, is told from
+the server's thread how many bytes of the file the device has acknowledged (what the kernel still holds unsent or
+unacknowledged is not counted).
 """
 
 from __future__ import annotations
@@ -14,6 +16,14 @@ import os
 import secrets
 import socket
 import threading
+from collections.abc import Callable
+
+try:
+    from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._progress import unacked
+except ImportError:  # inside the session process, started as a script: this directory is sys.path[0]
+    from _progress import unacked  # type: ignore[no-redef]
+
+SEND_STEP = 256 * 1024  # sendfile() per step: a progress update per step, about one a second at 2 Mbit/s
 
 
 class OneShotServer:
@@ -34,6 +44,8 @@ class OneShotServer:
         self.served = False
         self.bytes_sent = 0
         self.error: str | None = None
+        self.on_progress: Callable[[int], None] | None = None
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -64,12 +76,28 @@ class OneShotServer:
             "Connection: close\r\n\r\n"
         ).encode()
         conn.sendall(head)
+        report = self.on_progress
         with open(self.path, "rb") as src:
-            sent = conn.sendfile(src)
+            if report is None:
+                sent = conn.sendfile(src)
+            else:
+                sent = 0
+                while sent < self.size and (step := conn.sendfile(src, sent, SEND_STEP)):
+                    sent += step
+                    report(max(sent - unacked(conn), 0))
         self.bytes_sent = len(head) + sent
         self.served = sent == self.size
+        if report is not None and self.served:
+            # All handed to the kernel: the FIN goes after the data, and the device's acknowledgements are followed
+            # until they cover the file (the device's wget ends on the Content-Length, so nothing waits on this).
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_WR)
+                while (left := unacked(conn)) and not self._closing.wait(0.25):
+                    report(max(sent - left, 0))
+            report(sent)
 
     def close(self) -> None:
+        self._closing.set()
         with contextlib.suppress(OSError):  # never connected
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()

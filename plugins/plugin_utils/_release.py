@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gzip
+import io
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from pathlib import Path
 from ansible.module_utils.urls import ConnectionError as UrlConnectionError
 from ansible.module_utils.urls import open_url
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._digest import sha256_file
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._progress import Progress
 
 PROGRAMS = ("tailscale", "tailscaled")
 SYSTEMD_FILES = ("systemd/tailscaled.service", "systemd/tailscaled.defaults")
@@ -54,13 +56,9 @@ def verify_checksum(path: Path, expected: str, name: str = "") -> None:
 
 
 def _fetch(url: str, timeout: float) -> bytes:
-    if not url.startswith(("http://", "https://")):
-        raise ReleaseError(f"only http(s) release URLs are supported, got {url!r}")
-    try:
-        with open_url(url, timeout=timeout) as resp:
-            return t.cast(bytes, resp.read())
-    except (OSError, UrlConnectionError) as exc:
-        raise ReleaseError(f"cannot fetch {url}: {exc}") from exc
+    buf = io.BytesIO()
+    _fetch_to(url, buf, timeout, None)
+    return buf.getvalue()
 
 
 def latest_version(base_url: str, track: str, timeout: float = 30.0) -> str:
@@ -79,10 +77,38 @@ def tarball_name(version: str, arch: str) -> str:
     return f"tailscale_{version}_{arch}.tgz"
 
 
+def _fetch_to(url: str, fh: t.BinaryIO, timeout: float, progress: t.Callable[[str], None] | None) -> None:
+    """Stream url into fh; progress(line), when given, gets the lines of a _progress.Progress."""
+    if not url.startswith(("http://", "https://")):
+        raise ReleaseError(f"only http(s) release URLs are supported, got {url!r}")
+    try:
+        with open_url(url, timeout=timeout) as resp:
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            meter = Progress(total, f"download {url.rsplit('/', 1)[-1]}", progress) if progress else None
+            while block := resp.read(1 << 20):
+                fh.write(block)
+                if meter is not None:
+                    meter.add(len(block))
+            if meter is not None:
+                meter.finish()
+    except (OSError, UrlConnectionError) as exc:
+        raise ReleaseError(f"cannot fetch {url}: {exc}") from exc
+
+
 def download(
-    base_url: str, track: str, version: str, arch: str, *, cache_dir: Path, checksum: str = "", timeout: float = 300.0
+    base_url: str,
+    track: str,
+    version: str,
+    arch: str,
+    *,
+    cache_dir: Path,
+    checksum: str = "",
+    timeout: float = 300.0,
+    progress: t.Callable[[str], None] | None = None,
 ) -> tuple[Path, bool]:
-    """The verified tarball in the cache, fetched only when not cached yet; returns (path, downloaded)."""
+    """The verified tarball in the cache, fetched only when not cached yet; returns (path, downloaded).
+    progress(line) gets progress lines when the download takes a while."""
     name = tarball_name(version, arch)
     dest = cache_dir / track / name
     url = f"{base_url.rstrip('/')}/{track}/{name}"
@@ -99,7 +125,7 @@ def download(
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(_fetch(url, timeout))
+            _fetch_to(url, fh, timeout, progress)
         verify_checksum(tmp, expected, name)
         tmp.replace(dest)
     finally:

@@ -5,7 +5,8 @@
 ensure() reuses the session process behind a host's unix socket or starts one (`python _session_daemon.py`, settings
 and password on its stdin, never on the command line) and waits for its login; call() sends one request to it;
 request() is call() that starts the process again when it went away (idle exit, killed). Wire format, one request per
-connection: a JSON line in; a JSON line out followed by `len` raw bytes for results that carry output.
+connection: a JSON line in; a JSON line out followed by `len` raw bytes for results that carry output, after any
+{"progress": line} lines of a put that asked for them (passed to call()'s on_progress).
 """
 
 from __future__ import annotations
@@ -19,16 +20,23 @@ from collections.abc import Callable
 from typing import Any
 
 
-def call(socket_path: str, req: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+def call(
+    socket_path: str, req: dict[str, Any], on_progress: Callable[[str], None] | None = None
+) -> tuple[dict[str, Any], bytes]:
     """One request to a running session process; OSError when there is none (or it went away)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(socket_path)
         sock.sendall(json.dumps(req).encode() + b"\n")
         reader = sock.makefile("rb")
-        line = reader.readline()
-        if not line:
-            raise ConnectionResetError("the background session closed the request")
-        reply = json.loads(line)
+        while True:
+            line = reader.readline()
+            if not line:
+                raise ConnectionResetError("the background session closed the request")
+            reply = json.loads(line)
+            if "progress" not in reply:
+                break
+            if on_progress is not None:
+                on_progress(str(reply["progress"]))
         payload = reader.read(reply.get("len", 0)) if reply.get("len") else b""
         return reply, payload
 
@@ -83,6 +91,8 @@ def request(
     req: dict[str, Any],
     log: Any,
     unusable: Callable[[OSError], Any] | None = None,
+    *,
+    on_progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], bytes]:
     """call(), starting the session process first when it is gone (idle exit, killed); errors come back as replies.
 
@@ -91,7 +101,7 @@ def request(
     """
     for attempt in (1, 2):
         try:
-            return call(socket_path, req)
+            return call(socket_path, req, on_progress)
         except OSError as err:
             if attempt == 2:
                 if unusable is not None:

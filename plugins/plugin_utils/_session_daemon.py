@@ -15,7 +15,8 @@ process by the telnet plugin when not persistent), serve() and main(). The plugi
 the options they read into a cfg _session_options.py.
 
 Wire format, one request per connection: a JSON line in; a JSON line out followed by `len` raw bytes for results
-that carry output.
+that carry output. A put request with "progress": true may get {"progress": line} lines before its reply: the
+_progress.Progress lines of a transfer that takes a while, for the task to print.
 """
 
 from __future__ import annotations
@@ -75,8 +76,11 @@ def http_factory(session: _shell_session.ShellSession, cfg: dict[str, Any]) -> A
     return lambda path: _http_push.OneShotServer(path, address, cfg.get("http_port") or 0)
 
 
-def handle(session: _shell_session.ShellSession, cfg: dict[str, Any], req: dict[str, Any]) -> tuple[dict, bytes]:
-    """Run one request; errors come back as {"error": kind, "msg": text}."""
+def handle(
+    session: _shell_session.ShellSession, cfg: dict[str, Any], req: dict[str, Any], progress: Any = None
+) -> tuple[dict, bytes]:
+    """Run one request; errors come back as {"error": kind, "msg": text}. progress(line) gets a put's progress
+    lines when the request asks for them."""
     messages: list[str] = []
     session.log = messages.append
     try:
@@ -87,7 +91,10 @@ def handle(session: _shell_session.ShellSession, cfg: dict[str, Any], req: dict[
             return {**out, "log": messages}, result.stdout + result.stderr
         if op == "put":
             session.open()
-            method = session.put(req["local"], req["remote"], req.get("method", "auto"), http_factory(session, cfg))
+            emit = progress if req.get("progress") else None
+            method = session.put(
+                req["local"], req["remote"], req.get("method", "auto"), http_factory(session, cfg), emit
+            )
             return {"method": method, "log": messages}, b""
         if op == "fetch":
             return {"method": session.fetch(req["remote"], req["local"]), "log": messages}, b""
@@ -130,10 +137,15 @@ def serve(cfg: dict[str, Any], session: _shell_session.ShellSession, listener: s
             if req.get("op") == "stop":
                 conn.sendall(b'{"stopped": true}\n')
                 return
-            reply, payload = handle(session, cfg, req)
+            reply, payload = handle(session, cfg, req, lambda line, conn=conn: _send_progress(conn, line))
             reply["len"] = len(payload)
             with contextlib.suppress(OSError):  # the task died (Ctrl-C); the session itself is still good
                 conn.sendall(json.dumps(reply).encode() + b"\n" + payload)
+
+
+def _send_progress(conn: socket.socket, line: str) -> None:
+    with contextlib.suppress(OSError):  # the task died (Ctrl-C): the transfer goes on, its reply is dropped too
+        conn.sendall(json.dumps({"progress": line}).encode() + b"\n")
 
 
 def _terminate(_signum: int, _frame: Any) -> None:

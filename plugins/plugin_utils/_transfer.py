@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
 import re
 import secrets
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
 try:
+    from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._progress import Progress, unacked
     from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._shell_errors import SessionLost, TransferError
     from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._shell_framing import (
         INLINE_CHUNK,
@@ -31,6 +34,7 @@ try:
         shell_quote,
     )
 except ImportError:  # inside the session process, started as a script: this directory is sys.path[0]
+    from _progress import Progress, unacked  # type: ignore[no-redef]
     from _shell_errors import SessionLost, TransferError  # type: ignore[no-redef]
     from _shell_framing import INLINE_CHUNK, PRINTF_CHUNK, Result, shell_quote  # type: ignore[no-redef]
 
@@ -70,14 +74,23 @@ class FileTransfer:
             return "md5sum", "md5"
         raise TransferError("the device has neither sha256sum nor md5sum: cannot verify the transfer")
 
-    def put(self, local: str, remote: str, method: str = "auto", http: Callable[[str], object] | None = None) -> str:
-        """Copy a local file to the device; returns the method used. http(local) gives a one-shot server."""
+    def put(
+        self,
+        local: str,
+        remote: str,
+        method: str = "auto",
+        http: Callable[[str], object] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> str:
+        """Copy a local file to the device; returns the method used. http(local) gives a one-shot server;
+        progress(line), when given, receives the lines of a _progress.Progress on a transfer that takes a while."""
         self.open()
         tool, algo = self._checksum_cmd()
         digest = _file_digest(local, algo)
         size = os.path.getsize(local)
         tmp = f"{remote}.fmtmp{secrets.token_hex(4)}"
         method = self.pick_put_method(method, size, http is not None)
+        meter = Progress(size, f"put {os.path.basename(remote)}", progress) if progress else None
         check = (
             f"h=$({tool} {shell_quote(tmp)}) || exit 4; h=${{h%% *}}; "
             f'if [ "$h" = {digest} ]; then mv -f {shell_quote(tmp)} {shell_quote(remote)}; '
@@ -86,6 +99,8 @@ class FileTransfer:
         if method == "http":
             server = http(local)  # type: ignore[misc]  # pick_put_method returns http only with a factory
             url = server.url  # type: ignore[attr-defined]
+            if meter is not None:
+                server.on_progress = meter.update  # type: ignore[attr-defined]  # bytes the device has taken
             self.log(f"device pulls {size} bytes from {url.rsplit('/', 1)[0]}/...")
             try:
                 result = self.run(
@@ -99,6 +114,8 @@ class FileTransfer:
                 method = self.pick_put_method("auto", size, False)
             else:
                 _raise_transfer(result, "put", remote, method)
+                if meter is not None:
+                    meter.finish()
                 return method
         with open(local, "rb") as src:
             if method == "base64":
@@ -122,17 +139,31 @@ class FileTransfer:
                 )
                 produce = Chunker(src, PRINTF_CHUNK, lambda d: "".join(f"\\{b:03o}" for b in d).encode() + b"\n")
             self.commands += 1
-            try:
-                result = self._run_framed(cmd.encode(), deadline=None, stdin_iter=produce)
-            except SessionLost as err:
-                if err.started:
-                    raise
-                self.log("session dropped before the upload started: logging in again")
-                self.open()
-                produce = produce.restart()
-                result = self._run_framed(cmd.encode(), deadline=None, stdin_iter=produce)
+            current = [produce, self.bytes_sent]
+            with _watch(meter, lambda: self._taken(*current)):
+                try:
+                    result = self._run_framed(cmd.encode(), deadline=None, stdin_iter=produce)
+                except SessionLost as err:
+                    if err.started:
+                        raise
+                    self.log("session dropped before the upload started: logging in again")
+                    self.open()
+                    produce = produce.restart()
+                    current[:] = [produce, self.bytes_sent]
+                    result = self._run_framed(cmd.encode(), deadline=None, stdin_iter=produce)
         _raise_transfer(result, "put", remote, method)
+        if meter is not None:
+            meter.finish()
         return method
+
+    def _taken(self, produce: Chunker, sent_before: int) -> int:
+        """File bytes of an inline put the device has acknowledged: the stream bytes sent for it, less what the
+        socket still holds unacknowledged, at the file-to-encoded ratio of what the Chunker produced so far."""
+        sock = getattr(self.stream, "sock", None)
+        wire = self.bytes_sent - sent_before - (unacked(sock) if sock is not None else 0)
+        if produce.produced <= 0 or wire <= 0:
+            return 0
+        return min(produce.read, wire * produce.read // produce.produced)
 
     def pick_put_method(self, method: str, size: int, http_possible: bool) -> str:
         if method == "auto":
@@ -192,7 +223,9 @@ def _file_digest(path: str, algo: str) -> str:
 
 
 class Chunker:
-    """Produces ~64 KiB batches of encoded lines from a file, head first and tail last, then None."""
+    """Produces ~64 KiB batches of encoded lines from a file, head first and tail last, then None.
+
+    read and produced count file bytes read and encoded bytes made, for the progress of the put."""
 
     def __init__(
         self, src: BinaryIO, size: int, encode: Callable[[bytes], bytes], head: bytes = b"", tail: bytes = b""
@@ -200,6 +233,7 @@ class Chunker:
         self.src, self.size, self.encode, self.head, self.tail = src, size, encode, head, tail
         self.pending_head = head
         self.done = False
+        self.read = self.produced = 0
 
     def restart(self) -> Chunker:
         self.src.seek(0)
@@ -217,7 +251,31 @@ class Chunker:
                 out += self.tail
                 break
             out += self.encode(block)
+            self.read += len(block)
+        self.produced += len(out)
         return bytes(out)
+
+
+@contextlib.contextmanager
+def _watch(meter: Progress | None, taken: Callable[[], int], every: float = 0.5) -> Iterator[None]:
+    """While the body runs, feed meter with taken() every `every` seconds from a thread: the session's own thread
+    is busy sending, then waiting for the command's end."""
+    if meter is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(every):
+            meter.update(taken())
+
+    thread = threading.Thread(target=poll, name="put-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _raise_transfer(result: Result, verb: str, path: str, method: str) -> None:

@@ -105,6 +105,11 @@ def telnetd() -> Iterator[FakeTelnetd]:
 def control_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "cp"
     yield path
+    stop_sessions(path)
+
+
+def stop_sessions(path: Path) -> None:
+    """Stop the background sessions whose sockets are in path."""
     for sock in path.glob("fmtelnet-*"):
         if sock.suffix not in (".lock", ".pid"):
             try:
