@@ -14,7 +14,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # debootstrap + systemd-nspawn for the systemd device, ssh to reach it) and shellcheck for ansible-test sanity.
 APT_PACKAGES := python3-venv python3-dev git tar gzip ca-certificates file dash busybox-static \
 	iproute2 util-linux qemu-user-static adb debootstrap systemd-container openssh-client shellcheck \
-	dosfstools fusefat
+	dosfstools fusefat chromium
 
 .PHONY: help deps apt venv go lab-builds lint sanity ee-context unit test demo clean
 

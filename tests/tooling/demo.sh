@@ -178,4 +178,23 @@ case "$hello" in
 "hello from "*) ;;
 *) echo "demo: no answer from the LAN host behind the QuecOpen module" >&2; exit 1 ;;
 esac
+echo "=== demo: the fleet report (playbooks/report.yml: HTML page, JSON file, table; read-only)"
+# Kept after the teardown of the work dir, in the checkout's build/ (gitignored). The control server's API key for
+# the online column goes through the environment only (never a command line or a file).
+report_dir=$PWD/build/demo-report
+mkdir -p "$report_dir"
+cat >>"$work/demo_vars.yml" <<EOF
+fleetmesh_report_dir: $report_dir
+fleetmesh_control:
+  type: headscale
+  url: $(fleetlab control status)
+  api_key: "{{ lookup('env', 'FLEETMESH_DEMO_API_KEY') }}"
+EOF
+FLEETMESH_DEMO_API_KEY=$(python3 -c 'from fleetlab import control; print(control.api_key("1h"))')
+export FLEETMESH_DEMO_API_KEY
+out=$(ansible-playbook -i "$inventory" -e "@$work/demo_vars.yml" playbooks/report.yml) || { echo "$out"; exit 1; }
+unset FLEETMESH_DEMO_API_KEY
+echo "$out" | sed -n '/TASK \[Show the fleet\]/,/PLAY RECAP/p' | sed '$d' | sed 's/^/    /'
+echo "$out" | sed -n '/PLAY RECAP/,$p'
+echo "    report: $report_dir/fleet-report.html and $report_dir/fleet-report.json (kept after the demo)"
 echo "=== demo: done in $((SECONDS - start)) s (first site.yml run ${first} s, no-op run ${second} s)"
