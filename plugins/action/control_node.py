@@ -8,6 +8,7 @@ must then match exactly one node). See the doc stub plugins/modules/control_node
 
 from __future__ import annotations
 
+import time
 import typing as t
 
 from ansible.errors import AnsibleActionFail
@@ -21,7 +22,11 @@ ARGUMENT_SPEC: dict[str, t.Any] = {
     "addresses": {"type": "list", "elements": "str"},
     "hostname": {"type": "str"},
     "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+    "online_timeout": {"type": "int", "default": 0},
 }
+
+# Seconds between two node lists while waiting for the node to be online (a unit test shortens it).
+POLL = 2.0
 
 
 class ActionModule(ActionBase):
@@ -38,6 +43,11 @@ class ActionModule(ActionBase):
         try:
             api.require_target(args, "control_node")
             client = api.client(args["control"])
+            if args["online_timeout"] > 0:
+                if args["state"] != "present":
+                    raise AnsibleActionFail("online_timeout applies to state=present only")
+                result.update(self._wait_online(client, args))
+                return result
             found = api.find_node_of(client.nodes(), args)
             if args.get("hostname") and not (args.get("node_key") or args.get("addresses")) and len(found) > 1:
                 names = ", ".join(f"{n['name']} (id {n['id']})" for n in found)
@@ -62,3 +72,33 @@ class ActionModule(ActionBase):
             return result
         except api.ControlError as exc:
             raise AnsibleActionFail(str(exc)) from None
+
+    @staticmethod
+    def _wait_online(client: t.Any, args: dict[str, t.Any]) -> dict[str, t.Any]:
+        """Poll the node list for up to online_timeout s until a matching node is listed online. Never fails on
+        the way (no such node yet, offline, a control server that does not answer): it reports what it saw last,
+        and the caller judges (the binary role's health gate)."""
+        deadline = time.monotonic() + args["online_timeout"]
+        attempts = 0
+        while True:
+            attempts += 1
+            found: list[dict[str, t.Any]] = []
+            try:
+                found = api.find_node_of(client.nodes(), args)
+                seen = (
+                    "listed online"
+                    if any(n.get("online") for n in found)
+                    else ("listed offline" if found else "not listed")
+                )
+            except api.ControlError as exc:
+                seen = f"no answer: {exc}"
+            online = any(n.get("online") for n in found)
+            if online or time.monotonic() + POLL > deadline:
+                return {
+                    "changed": False,
+                    "online": online,
+                    "nodes": [api.public(n) for n in found],
+                    "attempts": attempts,
+                    "msg": seen,
+                }
+            time.sleep(POLL)

@@ -32,6 +32,14 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  online_timeout:
+    description:
+      - With O(state=present), wait up to this many seconds for the server to list a matching node online (the
+        binary role's health gate uses it). The task then never fails for a node that is missing, offline, or a
+        server that does not answer: it returns RV(online) and says in RV(msg) what it saw last.
+      - V(0) looks the node up once and fails when there is none.
+    type: int
+    default: 0
 extends_documentation_fragment:
   - fleetmesh.tailscale.control_api
   - ansible.builtin.action_common_attributes
@@ -54,9 +62,26 @@ EXAMPLES = r"""
       api_key: "{{ vault_headscale_api_key }}"
     node_key: nodekey:0123abcd
     state: absent
+
+- name: Wait up to two minutes for the node to be online on headscale
+  fleetmesh.tailscale.control_node:
+    control:
+      url: https://headscale.example.org
+      api_key: "{{ vault_headscale_api_key }}"
+    node_key: nodekey:0123abcd
+    online_timeout: 120
+  register: seen
 """
 
 RETURN = r"""
+online:
+  description: Whether a matching node was listed online.
+  returned: when O(online_timeout) is set
+  type: bool
+msg:
+  description: What the last look saw (V(listed online), V(listed offline), V(not listed), or the server's error).
+  returned: when O(online_timeout) is set
+  type: str
 nodes:
   description: The matching nodes as the server listed them before the task (id, name, addresses, tags, ...).
   returned: always

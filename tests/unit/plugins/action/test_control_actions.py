@@ -9,7 +9,7 @@ import typing as t
 import action_harness
 import pytest
 from ansible.errors import AnsibleActionFail
-from ansible_collections.fleetmesh.tailscale.plugins.action import control_routes
+from ansible_collections.fleetmesh.tailscale.plugins.action import control_node, control_routes
 from fake_control import HS_API_KEY, HS_URL, FakeControl, hs_node
 from test_tailscale_prefs import FRESH, LOGGED_IN, FakeDevice
 
@@ -92,6 +92,37 @@ def test_node_removal_deletes_once_and_check_mode_deletes_nothing() -> None:
     assert first["changed"] is True and [n["name"] for n in first["nodes"]] == ["quec1"]
     assert fake.calls("DELETE") == ["DELETE /api/v1/node/4"]
     assert second["changed"] is False and [n["id"] for n in fake.hs_nodes] == ["5"]
+
+
+def test_online_wait_reports_what_it_saw_and_never_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(control_node, "POLL", 0.01)
+    fake = FakeControl()
+    args = {"control": HS, "node_key": "nodekey:04", "online_timeout": 1}
+    with fake.installed():
+        missing = action_harness.run_action("control_node", NoDevice(), args)
+        fake.hs_nodes = [hs_node(4, "quec1", online=False)]
+        offline = action_harness.run_action("control_node", NoDevice(), args)
+        fake.fail[("GET", "/api/v1/node")] = (502, "bad gateway")
+        down = action_harness.run_action("control_node", NoDevice(), args)
+        del fake.fail[("GET", "/api/v1/node")]
+        fake.hs_nodes = [hs_node(4, "quec1")]
+        online = action_harness.run_action("control_node", NoDevice(), args)
+    assert (missing["online"], missing["msg"], missing.get("failed")) == (False, "not listed", None)
+    assert missing["attempts"] > 1  # it waited
+    assert (offline["online"], offline["msg"]) == (False, "listed offline")
+    assert down["online"] is False and down["msg"].startswith("no answer: ") and "502" in down["msg"]
+    assert (online["online"], online["msg"], online["attempts"]) == (True, "listed online", 1)
+    assert [n["name"] for n in online["nodes"]] == ["quec1"] and online["changed"] is False
+    assert fake.calls("DELETE") == []
+
+
+def test_online_wait_is_for_state_present_only() -> None:
+    with FakeControl().installed(), pytest.raises(AnsibleActionFail, match="state=present only"):
+        action_harness.run_action(
+            "control_node",
+            NoDevice(),
+            {"control": HS, "node_key": "nodekey:04", "online_timeout": 5, "state": "absent"},
+        )
 
 
 def test_node_removal_by_an_ambiguous_hostname_fails() -> None:
