@@ -36,7 +36,7 @@ options:
     description:
       - With O(state=present), wait up to this many seconds for the server to list a matching node online (the
         binary role's health gate uses it). The task then never fails for a node that is missing, offline, or a
-        server that does not answer: it returns RV(online) and says in RV(msg) what it saw last.
+        server that does not answer; it returns RV(online) and says in RV(msg) what it saw last.
       - V(0) looks the node up once and fails when there is none.
     type: int
     default: 0

@@ -60,7 +60,7 @@ gate_ee() {
 }
 
 gate_pytest() {
-    pytest -ra "$@"
+    pytest -ra --durations=25 "$@"
 }
 
 case "${1:-all}" in
