@@ -187,7 +187,7 @@ cat >>"$work/demo_vars.yml" <<EOF
 fleetmesh_report_dir: $report_dir
 fleetmesh_control:
   type: headscale
-  url: $(fleetlab control status)
+  url: $(python3 -c 'from fleetlab import control; print(control.url())')
   api_key: "{{ lookup('env', 'FLEETMESH_DEMO_API_KEY') }}"
 EOF
 FLEETMESH_DEMO_API_KEY=$(python3 -c 'from fleetlab import control; print(control.api_key("1h"))')
@@ -196,5 +196,9 @@ out=$(ansible-playbook -i "$inventory" -e "@$work/demo_vars.yml" playbooks/repor
 unset FLEETMESH_DEMO_API_KEY
 echo "$out" | sed -n '/TASK \[Show the fleet\]/,/PLAY RECAP/p' | sed '$d' | sed 's/^/    /'
 echo "$out" | sed -n '/PLAY RECAP/,$p'
+if echo "$out" | grep -q 'could not list nodes'; then
+    echo "demo: the report could not ask the control server" >&2
+    exit 1
+fi
 echo "    report: $report_dir/fleet-report.html and $report_dir/fleet-report.json (kept after the demo)"
 echo "=== demo: done in $((SECONDS - start)) s (first site.yml run ${first} s, no-op run ${second} s)"
