@@ -8,7 +8,6 @@ failed. See the doc stub plugins/modules/node_status.py.
 
 from __future__ import annotations
 
-import json
 import typing as t
 
 from ansible.errors import AnsibleActionFail
@@ -18,6 +17,7 @@ from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script
     run_script,
     sh_quote,
 )
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._prefs import PrefsError, parse_json
 
 SCRIPT = r"""T=__T__
 echo @@machine; uname -m 2>/dev/null
@@ -45,14 +45,10 @@ def render_script(tailscale: str, socket: str | None) -> str:
 
 def _json(text: str) -> dict[str, t.Any] | None:
     """The JSON object in a command's output (a warning line may come before it), or None."""
-    start = text.find("{")
-    if start < 0:
-        return None
     try:
-        value = json.loads(text[start:])
-    except ValueError:
+        return parse_json(text, "")
+    except PrefsError:
         return None
-    return value if isinstance(value, dict) else None
 
 
 def _rc(text: str) -> int | None:

@@ -78,12 +78,10 @@ class OneShotServer:
         conn.sendall(head)
         report = self.on_progress
         with open(self.path, "rb") as src:
-            if report is None:
-                sent = conn.sendfile(src)
-            else:
-                sent = 0
-                while sent < self.size and (step := conn.sendfile(src, sent, SEND_STEP)):
-                    sent += step
+            sent = 0
+            while sent < self.size and (step := conn.sendfile(src, sent, SEND_STEP)):
+                sent += step
+                if report is not None:
                     report(max(sent - unacked(conn), 0))
         self.bytes_sent = len(head) + sent
         self.served = sent == self.size

@@ -18,7 +18,9 @@ import re
 import tempfile
 import typing as t
 
-EXIT_ROUTES = frozenset({"0.0.0.0/0", "::/0"})
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._control_api import find_node
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._routes import EXIT_ROUTES
+
 RECORD_DIR_ENV = "FLEETMESH_RECORD_DIR"
 DEFAULT_RECORD_DIR = "~/.cache/fleetmesh/records"
 JSON_VERSION = 1
@@ -36,15 +38,15 @@ def default_record_dir() -> str:
 
 
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same dir and a rename: readers see old or new, whole."""
+    """Write ``text`` to ``path`` through a temp file in the same dir and a rename: readers see old or new, whole.
+    No fsync: the callback writes one record per host on every run, and a record lost to a power cut is rewritten
+    by the next run."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -149,13 +151,6 @@ def _last(record: dict[str, t.Any] | None) -> dict[str, t.Any] | None:
     }
 
 
-def match_nodes(node_key: str, ips: list[str], nodes: list[dict[str, t.Any]]) -> dict[str, t.Any] | None:
-    """The control server's node of a device: by node key (the node of an earlier login never stands in)."""
-    if not node_key:
-        return None
-    return next((n for n in nodes if n.get("node_key") and n.get("node_key") == node_key), None)
-
-
 def build_row(
     host: dict[str, t.Any],
     servers: dict[str, dict[str, t.Any]],
@@ -183,7 +178,9 @@ def build_row(
         if server.get("error"):
             online[label] = None
         else:
-            found = match_nodes(str(node.get("node_key") or ""), node.get("tailscale_ips") or [], server["nodes"])
+            # By node key only: the node of an earlier login (same hostname, maybe same address) never stands in.
+            key = str(node.get("node_key") or "")
+            found = next(iter(find_node(server["nodes"], node_key=key)), None) if key else None
             online[label] = bool(found.get("online")) if found else False
             approved[label] = _routes(found.get("approved_routes")) if found else []
             node_names[label] = str(found.get("name") or "") if found else ""
