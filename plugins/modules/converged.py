@@ -24,9 +24,9 @@ description:
     (C(ls -lnd); small files under 64 KiB also by checksum; dirs by mode and owner), each recorded path, the
     recorded C(/proc/sys) values, and the node as C(tailscale status --json --peers=false) (backend state, version,
     node key, addresses, host name) and C(tailscale debug prefs) (all prefs but the keys) show it."
-  - Large files are compared by mode, owner, size and mtime (to the minute), not read: a no-op must not read the
-    30+ MB programs from flash on every run. A full run (O(state=check) not converged, or C(fleetmesh_fast_noop=false))
-    checks them by SHA-256 as before.
+  - Large files are compared by mode, owner, size and mtime (to the minute), not read, so that a no-op does not read
+    the 30+ MB programs from flash on every run. A full run (not converged, or C(fleetmesh_fast_noop=false)) checks
+    them by SHA-256 as before.
   - O(state=record) writes the stamp after a full run (two round trips, a temp file and a rename); never reported as
     a change. O(state=absent) removes it (the removal play, first).
   - Needs only C(/bin/sh), C(ls), C(sed), C(cat) and one of C(cksum), C(md5sum), C(sha256sum) on the device.
