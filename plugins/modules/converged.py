@@ -18,7 +18,8 @@ description:
     the host, except what the roles set during a run; secret-named values (password, token, auth key, API key,
     private, secret, credential), at any depth, count by presence only; the doors' options
     (C(fleetmesh_telnet_*), C(fleetmesh_adb_*), C(fleetmesh_ssh_*)) and C(binary_cache_dir) do not count; the size
-    and mtime of every file under C(binary_src), C(iptables_shim_bundles) and C(networking_tun_module) do), then reads the stamp and observes the device in one round trip.
+    and mtime of every file under C(binary_src), C(iptables_shim_bundles) and C(networking_tun_module) do), then
+    reads the stamp and observes the device in one round trip.
     RV(converged) is true when the stamp's inputs digest is this run's and the observation is the one recorded.
   - "The observation: C(uname -srm), whether C(/dev/net/tun) exists, each recorded manifest and every item it lists
     (C(ls -lnd); small files under 64 KiB also by checksum; dirs by mode and owner), each recorded path, the
