@@ -105,8 +105,9 @@ NOT_INPUTS_RE = re.compile(r"^(fleetmesh_(telnet|adb|ssh)_|binary_cache_dir$)")
 CONTROLLER_FILE_VARS = ("binary_src", "iptables_shim_bundles", "networking_tun_module")
 # Names (at any depth) whose values are secrets: their presence counts, never their value.
 SECRET_RE = re.compile(r"(pass(word|wd)?|secret|token|auth_?key|api_?key|private|credential)", re.I)
-# Code whose change may change a run's outcome.
-CODE_DIRS = ("roles", "plugins", "playbooks")
+# Code whose change may change a run's outcome (not the doors, the callbacks or the inventory plugins: how the
+# controller reaches and reports on a device is not an input, like the doors' options).
+CODE_DIRS = ("roles", "playbooks", "plugins/action", "plugins/filter", "plugins/modules", "plugins/plugin_utils")
 # Files above this size are compared by `ls -ln` (mode, owner, size, mtime), smaller ones by their checksum too:
 # a no-op must not read the 30+ MB programs from flash on every run.
 SUM_MAX_BYTES = 65536

@@ -115,7 +115,23 @@ def table(label: str, wall: float, out: str, ctx: dict[str, Any], moved: dict[st
             f"  {profile:<9} {len(names):>5} {span(cmds):>8} {span(logs) if logs else 'n/a':>10} {span(ok):>8}"
             f" {span(skipped):>7} {span(mbytes, '{:.2f}'):>11} {span(ratio, '{:.3f}'):>9} {changed:>4} {failed:>4}"
         )
+    per_device = wall / len(profiles)
+    cmds_all = [execs.get(n, 0) for n in profiles]
+    logins_all = [logins.get(n, 0) for n, p in profiles.items() if p in ("kobo", "sysvinit")]
+    if label.startswith("from scratch"):
+        worst = max(moved[n] / tarballs[ARCH_OF[p]] for n, p in profiles.items())
+        lines.append(f"  target: bytes <= 1.05 x tarball per device: worst {worst:.3f} ({verdict(worst <= 1.05)})")
+    else:
+        lines.append(
+            f"  targets: wall per device {per_device:.2f} s <= 0.5 s ({verdict(per_device <= 0.5)}); device commands"
+            f" per device max {max(cmds_all)} <= 3 ({verdict(max(cmds_all) <= 3)}); logins per telnet device max"
+            f" {max(logins_all, default=0)} <= 1 ({verdict(max(logins_all, default=0) <= 1)})"
+        )
     return lines
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
 
 
 def measure(label: str, tree: Path, forks: int | None, ctx: dict[str, Any]) -> list[str]:
