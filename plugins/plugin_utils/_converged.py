@@ -126,7 +126,7 @@ def secret_name(name: str) -> bool:
 
 def input_names(names: t.Iterable[str]) -> list[str]:
     """The variable names whose values are the run's inputs."""
-    return sorted(n for n in names if n.startswith(PREFIXES) and n not in SET_BY_RUN)
+    return sorted(n for n in names if n.startswith(PREFIXES) and n not in SET_BY_RUN and not NOT_INPUTS_RE.search(n))
 
 
 def scrub(value: t.Any) -> t.Any:

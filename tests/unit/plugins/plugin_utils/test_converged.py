@@ -177,6 +177,9 @@ def test_input_names_take_the_prefixes_and_leave_what_a_run_sets() -> None:
         "device_profile",
         "device_profile_data",
         "fleetmesh_converged",
+        "fleetmesh_telnet_control_path_dir",
+        "fleetmesh_adb_server_port",
+        "binary_cache_dir",
     ]
     assert cv.input_names(names) == ["binary_version", "boot_extra", "device_profile"]
 
