@@ -13,7 +13,8 @@ description:
   - What lets C(playbooks/site.yml) skip every role on a device that a re-run would not change, after one device
     round trip (see docs/performance.md, "Converged re-runs").
   - O(state=check) computes the digest of this host's inputs on the controller (the collection's code under
-    C(roles/), C(playbooks/) and C(plugins/) but the connection, callback and inventory plugins; every variable whose name starts with C(fleetmesh_), C(binary_),
+    C(roles/), C(playbooks/) and C(plugins/) but the connection, callback and inventory plugins; every variable
+    whose name starts with C(fleetmesh_), C(binary_),
     C(iptables_shim_), C(state_dir_), C(networking_), C(boot_), C(login_), C(routing_) or C(device_), templated for
     the host, except what the roles set during a run; secret-named values (password, token, auth key, API key,
     private, secret, credential), at any depth, count by presence only; the doors' options

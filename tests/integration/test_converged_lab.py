@@ -101,8 +101,8 @@ def test_check_mode_on_a_converged_device_changes_nothing(box: Any, tmp_path: Pa
 @pytest.mark.parametrize(
     ("drift", "repaired"),
     [
-        # a pref changed by hand: the login role sets it back on the same node
-        ("tailscale set --hostname=drifted", lambda: prefs()["Hostname"] == NAME),
+        # a pref changed by hand: the login role sets it back on the same node (the profile's accept_dns: false)
+        ("tailscale set --accept-dns=true", lambda: prefs()["CorpDNS"] is False),
         # the init script rewritten with the same size in the same minute: only its checksum tells
         (
             "f=/etc/init.d/tailscaled; sed 's/^#!\\/bin\\/sh/#!\\/bin\\/SH/' $f > $f.x && cat $f.x > $f && rm $f.x",
@@ -130,7 +130,7 @@ def test_a_changed_input_makes_a_full_run(box: Any, tmp_path: Path, mirror: str)
     run = run_site(box, tmp_path, mirror, {"boot_tailscaled_extra_args": ["--verbose=1"]})
     assert run.rc == 0 and run.changed > 0, run.output[-3000:]
     assert reason(run).startswith("full run: the inputs changed"), reason(run)
-    assert "--verbose=1" in sh("cat /etc/init.d/tailscaled")
+    assert "--verbose=1" in sh('cat "$(dirname "$(readlink -f /etc/init.d/tailscaled)")/tailscaled.defaults"')
     assert_converged(run_site(box, tmp_path, mirror, {"boot_tailscaled_extra_args": ["--verbose=1"]}))
 
 
