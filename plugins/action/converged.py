@@ -22,6 +22,7 @@ ARGUMENT_SPEC: dict[str, t.Any] = {
     "manifests": {"type": "list", "elements": "str", "default": []},
     "paths": {"type": "list", "elements": "str", "default": []},
     "proc": {"type": "list", "elements": "str", "default": []},
+    "metas": {"type": "list", "elements": "str", "default": []},
     "tailscale": {"type": "str", "default": ""},
     "socket": {"type": "str", "default": ""},
 }
@@ -97,7 +98,14 @@ class ActionModule(ActionBase):
         if len(inputs) != 64:
             raise AnsibleActionFail("record needs inputs: the digest the check returned (fleetmesh_converged.inputs)")
         try:
-            lines = cv.entries(args["manifests"], args["paths"], args["proc"], args["tailscale"], args["socket"])
+            lines = cv.entries(
+                args["manifests"],
+                args["paths"],
+                proc=args["proc"],
+                tailscale=args["tailscale"],
+                socket=args["socket"],
+                metas=args["metas"],
+            )
         except cv.StampError as exc:
             raise AnsibleActionFail(str(exc)) from None
         result.update(changed=False, stamp=stamp)

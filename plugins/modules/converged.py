@@ -56,6 +56,13 @@ options:
     type: list
     elements: str
     default: []
+  metas:
+    description:
+      - For O(state=record), files observed by C(ls -lnd) only (mode, owner, size, mtime), never read; for files
+        that hold secrets (the node's state file, a config file with a key).
+    type: list
+    elements: str
+    default: []
   proc:
     description: For O(state=record), files whose contents to observe (the forwarding sysctls under C(/proc/sys)).
     type: list

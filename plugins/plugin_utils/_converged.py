@@ -203,16 +203,20 @@ def inputs_digest(values: dict[str, t.Any], code: str, omit_token: str = "") -> 
 def entries(
     manifests: t.Sequence[str],
     paths: t.Sequence[str],
-    proc: t.Sequence[str],
-    tailscale: str,
-    socket: str,
+    *,
+    proc: t.Sequence[str] = (),
+    tailscale: str = "",
+    socket: str = "",
+    metas: t.Sequence[str] = (),
 ) -> list[str]:
-    """The stamp's ``obs`` lines: what the check looks at."""
+    """The stamp's ``obs`` lines: what the check looks at. ``metas``: files observed by ``ls -lnd`` only, never
+    read (the node's state file, a config file that may hold a key)."""
     lines = [f"obs manifest {m}" for m in manifests if m]
     lines += [f"obs path {p}" for p in paths if p]
+    lines += [f"obs meta {p}" for p in metas if p]
     lines += [f"obs proc {p}" for p in proc if p]
     if tailscale:
-        lines.append(f"obs tailscale {tailscale} {socket}")
+        lines += [f"obs cli {tailscale}", f"obs socket {socket}"]
     for line in lines:
         if "\n" in line or "\r" in line:
             raise StampError(f"a path with a line break cannot be observed: {line!r}")
@@ -237,13 +241,15 @@ def observe_script(stamp: str) -> str:
     return (
         _OBSERVE.replace("__MAX__", str(SUM_MAX_BYTES))
         + "echo @@obs; uname -srm; [ -c /dev/net/tun ] && echo tun\n"
-        + f"sed -n 's/^obs //p' {s} | while read -r k a b; do echo \"== $k $a\"; case $k in\n"
+        + f"sed -n 's/^obs //p' {s} | while read -r k a; do echo \"== $k $a\"; case $k in\n"
         + '  manifest) cat "$a" 2>/dev/null || echo "- $a"\n'
         + '    [ -f "$a" ] && while read -r kind p; do [ -n "$p" ] && o "$p"; done < "$a";;\n'
         + '  path) o "$a";;\n'
+        + '  meta) ls -lnd "$a" 2>/dev/null || echo "- $a";;\n'
         + '  proc) cat "$a" 2>/dev/null || echo "- $a";;\n'
-        + '  tailscale) echo @@status; "$a" --socket="$b" status --json --peers=false 2>/dev/null\n'
-        + '    echo; echo @@prefs; "$a" --socket="$b" debug prefs 2>/dev/null; echo; echo @@obs;;\n'
+        + "  cli) T=$a;;\n"
+        + '  socket) echo @@status; "$T" --socket="$a" status --json --peers=false 2>/dev/null\n'
+        + '    echo; echo @@prefs; "$T" --socket="$a" debug prefs 2>/dev/null; echo; echo @@obs;;\n'
         + "esac; done\n"
     )
 

@@ -43,6 +43,8 @@ def fixture_tree(tmp_path: Path) -> Path:
     (tmp_path / "opt/1.0/status.json").write_text(STATUS % ("", "true", "2026-12-07T10:00:00Z"))
     (tmp_path / "opt/1.0/prefs.json").write_text(PREFS % ("box", "n1"))
     (tmp_path / "ip_forward").write_text("1\n")
+    (tmp_path / "var lib").mkdir()
+    (tmp_path / "var lib/tailscaled.state").write_text('{"key": "secret-1"}')
     manifest = tmp_path / "opt/.fleetmesh-binary.manifest"
     manifest.write_text(
         "".join(
@@ -63,10 +65,11 @@ def record(shell: str, tree: Path, inputs: str = "a" * 64) -> str:
     stamp = str(tree / "opt" / cv.STAMP_NAME)
     lines = cv.entries(
         [str(tree / "opt/.fleetmesh-binary.manifest")],
-        [str(tree / "var-lib")],
-        [str(tree / "ip_forward")],
-        str(tree / "opt/current/tailscale"),
-        str(tree / "sock"),
+        [str(tree / "var lib")],
+        proc=[str(tree / "ip_forward")],
+        tailscale=str(tree / "opt/current/tailscale"),
+        socket=str(tree / "sock"),
+        metas=[str(tree / "var lib/tailscaled.state")],
     )
     first, _tmp = cv.record_scripts(stamp, lines)
     out = sh(shell, first)
@@ -107,6 +110,8 @@ def test_a_recorded_device_checks_the_same_and_shows_its_node(shell: str, tree: 
         "daemon down",
         "forwarding off",
         "manifest gone",
+        "state file rewritten",
+        "state dir mode",
     ],
 )
 def test_drift_changes_the_observation(drift: str, tree: Path) -> None:
@@ -131,9 +136,27 @@ def test_drift_changes_the_observation(drift: str, tree: Path) -> None:
         (tree / "opt/1.0/status.json").write_text("")
     elif drift == "forwarding off":
         (tree / "ip_forward").write_text("0\n")
+    elif drift == "state file rewritten":
+        (tree / "var lib/tailscaled.state").write_text('{"key": "secret-22"}')
+    elif drift == "state dir mode":
+        (tree / "var lib").chmod(0o700)
     else:
         (tree / "opt/.fleetmesh-binary.manifest").unlink()
     assert check(shell, stamp)[1] != before
+
+
+def test_a_meta_file_is_never_read(tree: Path) -> None:
+    """The state file holds the node's keys: observed by ls only, its contents never leave the device."""
+    shell = SHELLS[0]
+    stamp = record(shell, tree)
+    state = tree / "var lib/tailscaled.state"
+    out = sh(shell, cv.check_script(stamp))
+    assert "secret-1" not in out and f"{state}" in out
+    before = cv.observation(out)[1]
+    st = state.stat()
+    state.write_text('{"key": "secret-2"}')  # same size, same mtime: a read would tell, ls cannot
+    os.utime(state, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert check(shell, stamp)[1] == before
 
 
 def test_no_stamp_and_a_foreign_file_are_not_converged(tree: Path) -> None:
