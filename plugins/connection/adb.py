@@ -31,7 +31,10 @@ description:
   - B(Files) move by the sync protocol (which needs no login), spoken to the adb server's socket directly (two round
     trips plus the bytes, where C(adb push) takes four; C(adb push)/C(adb pull) when C(ADB_SERVER_SOCKET) is set or
     the server does not answer on its port), to a temporary name first, verified by SHA-256 on the device (MD5
-    when the device has no C(sha256sum), with a warning) and renamed into place in one more round trip.
+    when the device has no C(sha256sum), with a warning) and renamed into place in one more round trip. From
+    1 MiB on, a second shell hashes the temporary file on the device while the push writes it (C(dd) and
+    C(sha256sum), no Python), so the digest is ready about when the last byte lands; when that reader gives up
+    or disagrees, the whole file is hashed once more after the push, as for smaller files, and that decides.
   - B(Progress.) A put_file over the sync protocol that runs longer than 3 seconds prints a line every 5 seconds,
     at default verbosity, on stderr (bytes the adb server has taken, rate, time left) and one when it is done; not
     with the C(adb push) fallback.
@@ -225,6 +228,10 @@ display = Display()
 
 # Old adbd carries a service request ("shell:" + framed command) in one 4096-byte message; the frame adds ~300.
 MAX_INLINE_COMMAND = 3400
+# put_file hashes on the device while it pushes (follow_hash) from this size on (smaller files hash in no time),
+# and below 2 GiB (shell arithmetic of 32-bit busybox builds).
+FOLLOW_MIN = 1 << 20
+FOLLOW_MAX = (1 << 31) - 1
 # Session failures that mean "this host cannot be used": Ansible reports them as UNREACHABLE.
 _UNREACHABLE = {"ConnectError", "LoginError", "SessionLost", "CommandTimeout"}
 
@@ -439,24 +446,52 @@ class Connection(ConnectionBase):
         tmp = f"{out_path}.fmtmp{secrets.token_hex(4)}"
         # Lines on stderr at default verbosity, so stdout callbacks that print JSON stay parseable; from a worker,
         # Display hands them to the main process.
+        size = os.path.getsize(local)
         meter = Progress(
-            os.path.getsize(local),
+            size,
             f"put {os.path.basename(out_path)}",
             lambda line: display.display(f"adb {self.client.serial}: {line}", stderr=True),
         )
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        follow = FOLLOW_MIN <= size < FOLLOW_MAX
+        tmp_dir = str(self.get_option("tmp_dir")) or None
+        followed: list[concurrent.futures.Future[tuple[int, bytes, bytes]] | None] = []
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+
+            def pushed(count: int) -> None:
+                meter.update(count)
+                if follow and not followed:
+                    # The device opened sync and takes the bytes: the transport is good (no stale-transport retry
+                    # from here on, which could race with the second shell). The device now hashes the temp file
+                    # as it grows, in parallel with the push, so the digest is ready about when the last byte
+                    # lands (follow_hash); not with the adb push fallback, which reports no progress.
+                    self._proven = True
+                    reader = follow_hash(
+                        tmp, size, tmp_dir, secrets.token_hex(6), float(self.get_option("command_timeout"))
+                    )
+                    # One adb service request (longer, old adbd would drop the connection, the push's with it).
+                    fits = len(to_bytes(reader, errors="surrogate_or_strict")) <= MAX_INLINE_COMMAND
+                    followed.append(pool.submit(self._run, reader) if fits or self._socket_path else None)
+
             digests = pool.submit(_digests, local)  # hashed while adb pushes
-            self._push(local, tmp, meter.update)
+            self._push(local, tmp, pushed)  # on failure the device's reader ends by itself (see follow_hash)
             sha256, md5 = digests.result()
+            device = _followed_digest(followed[0] if followed else None)
         meter.finish()
         qtmp, qout = shlex.quote(tmp), shlex.quote(out_path)
-        # One round trip: checksum on the device, then rename into place or remove the temp file.
-        check = (
-            f"if command -v sha256sum >/dev/null; then a=sha256; w={sha256}; h=$(sha256sum {qtmp}); "
-            f"else a=md5; w={md5}; h=$(md5sum {qtmp}); fi || {{ rm -f {qtmp}; exit 4; }}; h=${{h%% *}}; "
-            f'if [ "$h" = "$w" ]; then mv -f {qtmp} {qout} || {{ rm -f {qtmp}; exit 5; }}; echo $a; '
-            f'else rm -f {qtmp}; echo "$a on the device is $h, expected $w: not installed" >&2; exit 3; fi'
-        )
+        if device is not None and device[1] == (sha256 if device[0] == "sha256" else md5):
+            # Verified already: one round trip renames it into place.
+            check = f"mv -f {qtmp} {qout} || {{ rm -f {qtmp}; exit 5; }}; echo {device[0]}"
+        else:
+            # One round trip: checksum on the device, then rename into place or remove the temp file. Also when
+            # the reader's digest differs (or it gave up): only a hash of the whole pushed file decides.
+            if followed and followed[0] is not None:
+                self._vvv(f"hash while pushing gave {device or 'nothing'}: hashing {tmp} once more")
+            check = (
+                f"if command -v sha256sum >/dev/null; then a=sha256; w={sha256}; h=$(sha256sum {qtmp}); "
+                f"else a=md5; w={md5}; h=$(md5sum {qtmp}); fi || {{ rm -f {qtmp}; exit 4; }}; h=${{h%% *}}; "
+                f'if [ "$h" = "$w" ]; then mv -f {qtmp} {qout} || {{ rm -f {qtmp}; exit 5; }}; echo $a; '
+                f'else rm -f {qtmp}; echo "$a on the device is $h, expected $w: not installed" >&2; exit 3; fi'
+            )
         rc, out, err = self._run(check)
         if rc != 0:
             why = to_text(err or out).strip()[-400:]
@@ -548,3 +583,64 @@ def _digests(path: str) -> tuple[str, str]:
             sha256.update(block)
             md5.update(block)
     return sha256.hexdigest(), md5.hexdigest()
+
+
+def follow_hash(tmp: str, size: int, tmp_dir: str | None = "/tmp", token: str = "", limit: float = 0) -> str:
+    """A device command that hashes tmp while adb's sync service writes it, and prints `sha256 DIGEST` (`md5
+    DIGEST` without sha256sum) once it has read size bytes: started with the push, done when the push is.
+
+    POSIX sh and busybox applets only (dd, sleep, mkfifo; no python, no shell_v2; about 900 bytes). The file is
+    opened once (fd 4); each turn one `dd` passes what was added since the last turn, up to the current end of
+    the file, into the one sha256sum (bytes through pipes only: binary-safe), and the shell's `read` builtin
+    takes the offset reached from /proc/self/fdinfo/4. Between turns it waits 0.05 s, 0.5 s after a turn that
+    found less than 64 KiB more (a slow link: no busy device), with `read -t` on a FIFO nobody writes to (made in
+    tmp_dir and unlinked at once: no process per wait), or `sleep` where that is not possible (no writable
+    tmp_dir, a shell without `read -t` such as dash). So one process a turn (under qemu-user about 6 ms of CPU).
+
+    It never writes, renames or removes the file, and ends by itself: the file is not there within 10 turns
+    (about 0.5-1 s: the push failed to create it, or failed and adbd removed it before the first turn), it
+    vanished (adbd removes the temp file of a push that failed), it is larger than size, or it did not grow for
+    40 turns (2-20 s: the controller went away), or (limit, the command timeout, when set) its waits add up to
+    half the limit: it ends well before the command timeout would cut it (and a logged-in session with it).
+    A wrong or missing digest only means the file is hashed once more after the push, as without this reader.
+    """
+    qtmp = shlex.quote(tmp)
+    fifo = shlex.quote(f"{tmp_dir}/.fmadb-w{token}") if tmp_dir else ""
+    wait = (
+        f"if mkfifo {fifo} 2>/dev/null; then exec 5<>{fifo}; rm -f {fifo}; "
+        "z() { read -t $d k <&5 2>/dev/null; [ $? -ne 2 ] || sleep $d; }; fi\n"
+        if fifo
+        else ""
+    )
+    return (
+        f"set -f; t={qtmp}; n={int(size)}; b={int(limit * 50)}; o=0; w=0; d=0.05; e=5; u=0\n"
+        "if command -v sha256sum >/dev/null; then a=sha256; c=sha256sum; else a=md5; c=md5sum; fi\n"
+        'x() { echo "gave up ($1)" >&3; exit $1; }; exec 3>&1; z() { sleep $d; }\n'
+        f"{wait}"
+        'until [ -f "$t" ]; do w=$((w + 1)); [ $w -gt 10 ] && x 10; z; done; w=0\n'
+        'exec 4<"$t"\n'
+        "h=$(while :; do\n"
+        " dd bs=1048576 <&4 2>/dev/null || x 6\n"
+        ' read -r k p </proc/self/fdinfo/4 && [ "$k" = pos: ] && [ "$p" -ge 0 ] 2>/dev/null || x 11\n'
+        " [ $p -le $n ] || x 8; [ $p -lt $n ] || break\n"
+        " if [ $p -gt $o ]; then\n"
+        "  if [ $o -gt 0 ] && [ $((p - o)) -lt 65536 ]; then d=0.5; e=50; else d=0.05; e=5; fi; o=$p; w=0\n"
+        ' else [ -f "$t" ] || x 7; w=$((w + 1)); [ $w -gt 40 ] && x 9; fi\n'
+        " z; u=$((u + e)); [ $b -gt 0 ] && [ $u -gt $b ] && x 12\n"
+        "done | $c) || exit 2\n"
+        "echo $a ${h%% *}"
+    )
+
+
+def _followed_digest(future: concurrent.futures.Future[tuple[int, bytes, bytes]] | None) -> tuple[str, str] | None:
+    """(algorithm, digest) the device's reader printed, None when it gave up or was not started."""
+    if future is None:
+        return None
+    try:
+        rc, out, _err = future.result()
+    except AnsibleError:  # the push's own error, or the check's, says what went wrong
+        return None
+    fields = to_text(out).split()
+    if rc != 0 or len(fields) != 2 or fields[0] not in ("sha256", "md5"):
+        return None
+    return fields[0], fields[1]

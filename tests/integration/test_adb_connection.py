@@ -148,7 +148,12 @@ def test_binary_round_trip_verified(work: dict[str, Any], plain: Any, tmp_path: 
     payload.write_bytes(os.urandom(PAYLOAD_SIZE))
     want = hashlib.sha256(payload.read_bytes()).hexdigest()
     conn = connect(work, plain)
+    commands: list[str] = []
+    run = conn._run  # noqa: SLF001
+    conn._run = lambda command: commands.append(command) or run(command)  # noqa: SLF001
     conn.put_file(str(payload), "/usrdata/payload.bin")
+    # Hashed on the device while it was pushed (busybox under qemu, old adbd), then renamed: no second pass.
+    assert len(commands) == 2 and "fdinfo" in commands[0] and commands[1].startswith("mv -f ")
     assert sh(plain, "sha256sum /usrdata/payload.bin").split()[0] == want
     assert sh(plain, "ls -a /usrdata | grep -c fmtmp || true").strip() == "0"  # temp name renamed away
     back = tmp_path / "back.bin"
