@@ -35,6 +35,12 @@ description:
     1 MiB on, a second shell hashes the temporary file on the device while the push writes it (C(dd) and
     C(sha256sum), no Python), so the digest is ready about when the last byte lands; when that reader gives up
     or disagrees, the whole file is hashed once more after the push, as for smaller files, and that decides.
+  - B(Device pull.) With O(put_method=pull) a put_file is fetched by the device instead (a one-shot HTTP server on
+    the controller serves the file once and one device command fetches it with busybox C(wget), hashes it while it
+    lands, C(tee) into C(sha256sum) or MD5 without it, and renames it into place). Old adbd moves at most 4 KiB per
+    round trip (about 6x bytes/bandwidth on a 1 Mbit/s, 100 ms link); the pull runs at the link's rate. The device
+    must reach the controller (O(pull_host)); when it cannot fetch (no route back, no C(wget)) the sync push is
+    used instead. A USB serial (no C(host:port)) without O(pull_host) always uses the sync push.
   - B(Progress.) A put_file over the sync protocol that runs longer than 3 seconds prints a line every 5 seconds,
     at default verbosity, on stderr (bytes the adb server has taken, rate, time left) and one when it is done; not
     with the C(adb push) fallback.
@@ -156,6 +162,46 @@ options:
     ini:
       - section: fleetmesh_adb
         key: persist_timeout
+  put_method:
+    description:
+      - How put_file sends a file. V(sync) pushes it over adb's sync protocol. V(pull) lets the device fetch it
+        from a one-shot HTTP server on the controller (busybox C(wget)), for network-attached devices on slow or
+        metered links, where old adbd's 4 KiB per round trip is the bottleneck; it falls back to V(sync) when the
+        device cannot fetch, and is not tried for a USB serial without O(pull_host) or for an empty file.
+    type: str
+    default: sync
+    choices: [sync, pull]
+    vars:
+      - name: fleetmesh_adb_put_method
+    env:
+      - name: FLEETMESH_ADB_PUT_METHOD
+    ini:
+      - section: fleetmesh_adb
+        key: put_method
+  pull_host:
+    description:
+      - Controller address the device fetches from with O(put_method=pull); the one-shot server listens there.
+        Unset means the controller's local address toward the device (the source address of a route to the host
+        part of a C(host:port) serial).
+    type: str
+    vars:
+      - name: fleetmesh_adb_pull_host
+    env:
+      - name: FLEETMESH_ADB_PULL_HOST
+    ini:
+      - section: fleetmesh_adb
+        key: pull_host
+  pull_port:
+    description: Port of the one-shot server for O(put_method=pull); 0 means any free port.
+    type: int
+    default: 0
+    vars:
+      - name: fleetmesh_adb_pull_port
+    env:
+      - name: FLEETMESH_ADB_PULL_PORT
+    ini:
+      - section: fleetmesh_adb
+        key: pull_port
   control_path_dir:
     description: Directory for the logged-in background sessions' unix sockets (mode 0700, created when missing).
     type: path
@@ -205,6 +251,7 @@ import hashlib
 import os
 import secrets
 import shlex
+import socket
 import tempfile
 import time
 import typing as t
@@ -213,7 +260,11 @@ from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNo
 from ansible.module_utils.common.text.converters import to_bytes, to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
-from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils import _session_client, _session_options
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils import (
+    _http_push,
+    _session_client,
+    _session_options,
+)
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._adb_client import (
     AdbClient,
     AdbError,
@@ -443,6 +494,8 @@ class Connection(ConnectionBase):
             raise AnsibleFileNotFound(f"file or module does not exist: {in_path}")
         out_path = str(out_path)
         display.vvv(f"PUT {local} TO {out_path}", host=self.client.serial)
+        if self.get_option("put_method") == "pull" and self._put_pull(local, out_path):
+            return
         tmp = f"{out_path}.fmtmp{secrets.token_hex(4)}"
         # Lines on stderr at default verbosity, so stdout callbacks that print JSON stay parseable; from a worker,
         # Display hands them to the main process.
@@ -498,6 +551,52 @@ class Connection(ConnectionBase):
             raise AnsibleError(f"adb {self.client.serial}: put {out_path} failed (exit {rc}): {why}")
         if to_text(out).strip() == "md5":
             display.warning(f"adb {self.client.serial}: no sha256sum on the device, {out_path} verified with md5sum")
+
+    def _pull_address(self) -> str | None:
+        """The controller address the device fetches from: pull_host, else the local address of a route toward
+        the host part of a host:port serial; None for a USB serial (or no route)."""
+        host = self.get_option("pull_host")
+        if host:
+            return str(host)
+        return local_address(self.client.serial)
+
+    def _put_pull(self, local: str, out_path: str) -> bool:
+        """put_method=pull: the device fetches the file from a one-shot HTTP server on the controller, hashes it
+        while it lands and renames it into place, in one device command. False when the device could not fetch
+        it (the caller pushes it by sync then); an error when what it fetched is not the file."""
+        size = os.path.getsize(local)
+        address = self._pull_address()
+        if address is None or size == 0:
+            self._vvv(f"put_method pull: {'empty file' if size == 0 else 'no controller address (USB)'}: sync push")
+            return False
+        try:
+            server = _http_push.OneShotServer(local, address, int(self.get_option("pull_port") or 0))
+        except OSError as exc:
+            self._vvv(f"put_method pull: cannot listen on {address}: {exc}: sync push")
+            return False
+        meter = Progress(
+            size,
+            f"put {os.path.basename(out_path)}",
+            lambda line: display.display(f"adb {self.client.serial}: {line}", stderr=True),
+        )
+        try:
+            server.on_progress = meter.update
+            sha256, md5 = _digests(local)
+            tmp = f"{out_path}.fmtmp{secrets.token_hex(4)}"
+            rc, out, err = self._run(pull_command(server.url, tmp, out_path, sha256, md5))
+        finally:
+            server.close()
+        if rc == 5:
+            why = to_text(err or out).strip()[-300:]
+            self._vvv(f"put_method pull: the device could not fetch {server.url} ({why or 'nothing'}): sync push")
+            return False
+        meter.finish()
+        if rc != 0:
+            why = to_text(err or out).strip()[-400:]
+            raise AnsibleError(f"adb {self.client.serial}: put {out_path} failed (exit {rc}): {why}")
+        if to_text(out).strip() == "md5":
+            display.warning(f"adb {self.client.serial}: no sha256sum on the device, {out_path} verified with md5sum")
+        return True
 
     def fetch_file(self, in_path: str, out_path: str) -> None:
         """Pull a file from the device to a temporary local name, verify its checksum, then rename it."""
@@ -583,6 +682,37 @@ def _digests(path: str) -> tuple[str, str]:
             sha256.update(block)
             md5.update(block)
     return sha256.hexdigest(), md5.hexdigest()
+
+
+def local_address(serial: str) -> str | None:
+    """The controller's source address toward the host of a `host:port` serial (a UDP connect() sends
+    nothing); None for a USB serial or when there is no route."""
+    if ":" not in serial:
+        return None
+    host = serial.rsplit(":", 1)[0].strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return None
+
+
+def pull_command(url: str, tmp: str, out_path: str, sha256: str, md5: str) -> str:
+    """One device command: fetch url with busybox wget into tmp while hashing it (tee), then rename tmp to
+    out_path when the digest is right (no wget -T: busybox wget's timeout crashes under qemu-user; the command
+    timeout bounds a fetch that hangs). Exit 5: nothing fetched (no route back, no wget); 3: wrong digest, tmp
+    removed; 6: the rename failed."""
+    qtmp, qout, qurl = shlex.quote(tmp), shlex.quote(out_path), shlex.quote(url)
+    return (
+        f"if command -v sha256sum >/dev/null; then a=sha256; w={sha256}; c=sha256sum; "
+        f"else a=md5; w={md5}; c=md5sum; fi; "
+        f"h=$(wget -q -O - {qurl} | tee {qtmp} | $c); "
+        f"[ -s {qtmp} ] || {{ rm -f {qtmp}; echo 'wget fetched nothing' >&2; exit 5; }}; h=${{h%% *}}; "
+        f'if [ "$h" = "$w" ]; then mv -f {qtmp} {qout} || {{ rm -f {qtmp}; exit 6; }}; echo $a; '
+        f'else rm -f {qtmp}; echo "$a on the device is $h, expected $w: not installed" >&2; exit 3; fi'
+    )
 
 
 def follow_hash(tmp: str, size: int, tmp_dir: str | None = "/tmp", token: str = "", limit: float = 0) -> str:

@@ -194,6 +194,37 @@ def test_put_with_a_checksum_mismatch_installs_nothing(
         sh(plain, "rm -f /usrdata/target")
 
 
+def test_put_method_pull_is_one_device_command_and_falls_back_to_sync(
+    work: dict[str, Any], plain: Any, tmp_path: Path
+) -> None:
+    """The device fetches the file from the controller (busybox wget), hashes and renames it in one command; a
+    pull_host the device cannot reach (127.0.0.1 is the device itself) means the sync push, and still the file."""
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(os.urandom(4 * 1024 * 1024 + 123))
+    want = hashlib.sha256(payload.read_bytes()).hexdigest()
+    try:
+        for pull_host, used in ((None, "pull"), ("127.0.0.1", "sync")):
+            conn = connect(work, plain, put_method="pull", **({"pull_host": pull_host} if pull_host else {}))
+            commands: list[str] = []
+            pushes: list[str] = []
+            run, push = conn._run, conn._push  # noqa: SLF001
+            conn._run = lambda command, run=run, seen=commands: seen.append(command) or run(command)  # noqa: SLF001
+            conn._push = lambda local, remote, *a, push=push, seen=pushes: (
+                seen.append(remote) or push(local, remote, *a)
+            )  # noqa: SLF001
+            conn.put_file(str(payload), "/usrdata/pulled.bin")
+            assert sh(plain, "sha256sum /usrdata/pulled.bin").split()[0] == want
+            assert sh(plain, "ls -a /usrdata | grep -c fmtmp || true").strip() == "0"
+            assert "wget" in commands[0]
+            if used == "pull":
+                assert len(commands) == 1 and pushes == []
+            else:
+                assert len(pushes) == 1 and len(commands) >= 2
+            sh(plain, "rm -f /usrdata/pulled.bin")
+    finally:
+        sh(plain, "rm -f /usrdata/pulled.bin")
+
+
 # --------------------------------------------------------------------------------------------------- login
 
 
