@@ -120,7 +120,9 @@ def render(
     )
 
 
-def interpret(output: str, state_dir: str, logs_dir: str, backup: str = "") -> dict[str, t.Any]:
+def interpret(
+    output: str, state_dir: str, logs_dir: str, backup: str = "", old_paths: t.Sequence[str] = ()
+) -> dict[str, t.Any]:
     """The facts and change list from the script's output (pure: unit-tested on recorded outputs)."""
     sec = parse_sections(output)
     if "nomode" in sec:
@@ -148,6 +150,8 @@ def interpret(output: str, state_dir: str, logs_dir: str, backup: str = "") -> d
             "logs_dir": logs_dir,
             # The copy of the state on other storage ('' for none): the boot role's watchdog keeps it up to date.
             "backup": backup,
+            # Where a state is moved from when the state dir has none (site.yml's converged stamp watches them).
+            "old_paths": list(old_paths),
             "state_present": "state_present" in status,
             "moved_from": moved[0] if moved else "",
             "restored_from": restored[0] if restored else "",
@@ -193,7 +197,7 @@ class ActionModule(ActionBase):
         script = render(state_dir, logs_dir, old, bool(self._task.check_mode), root, backup=backup)
         run = run_script(self, guard + script, "state dir")
         raise_if_unmounted(run.stdout, mount, wait)
-        info = interpret(run.stdout, state_dir, logs_dir, backup)
+        info = interpret(run.stdout, state_dir, logs_dir, backup, [] if root else old)
         if root:
             info["changes"] = [change.replace(root + "/", "/") for change in info["changes"]]
         for path in info["both_exist"]:

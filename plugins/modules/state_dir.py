@@ -100,8 +100,9 @@ ansible_facts:
   contains:
     fleetmesh_state_dir:
       description: The state_dir role's contract. C(state_dir), C(state_file), C(logs_dir), C(backup) (the copy
-        on other storage, or empty), C(state_present), C(moved_from), C(restored_from), C(backup_refreshed),
-        C(daemon_running), C(restart_needed), C(tailscaled_args) (list of flags), C(environment) (C(TS_LOGS_DIR)).
+        on other storage, or empty), C(old_paths) (where a state is moved from), C(state_present), C(moved_from),
+        C(restored_from), C(backup_refreshed), C(daemon_running), C(restart_needed), C(tailscaled_args) (list of
+        flags), C(environment) (C(TS_LOGS_DIR)).
       type: dict
       returned: always
 """

@@ -62,7 +62,8 @@ def test_state_dir_plan_publishes_what_the_action_does(tmp_path: Path, profile: 
     logs_dir = extra.get("state_dir_logs_dir", state_dir + "/logs")
     backup = profile_data.get("state_backup", "")
     # What the action publishes for the same dirs on a device with no state and no daemon yet.
-    acted = interpret("@@status\n@@end\n", state_dir, logs_dir, backup)["facts"]
+    old_paths = yaml.safe_load((REPO / "roles/state_dir/defaults/main.yml").read_text())["state_dir_old_paths"]
+    acted = interpret("@@status\n@@end\n", state_dir, logs_dir, backup, old_paths)["facts"]
     assert planned == acted
 
 
