@@ -497,14 +497,8 @@ class Connection(ConnectionBase):
         if self.get_option("put_method") == "pull" and self._put_pull(local, out_path):
             return
         tmp = f"{out_path}.fmtmp{secrets.token_hex(4)}"
-        # Lines on stderr at default verbosity, so stdout callbacks that print JSON stay parseable; from a worker,
-        # Display hands them to the main process.
         size = os.path.getsize(local)
-        meter = Progress(
-            size,
-            f"put {os.path.basename(out_path)}",
-            lambda line: display.display(f"adb {self.client.serial}: {line}", stderr=True),
-        )
+        meter = self._meter(size, out_path)
         follow = FOLLOW_MIN <= size < FOLLOW_MAX
         tmp_dir = str(self.get_option("tmp_dir")) or None
         followed: list[concurrent.futures.Future[tuple[int, bytes, bytes]] | None] = []
@@ -539,11 +533,8 @@ class Connection(ConnectionBase):
             # the reader's digest differs (or it gave up): only a hash of the whole pushed file decides.
             if followed and followed[0] is not None:
                 self._vvv(f"hash while pushing gave {device or 'nothing'}: hashing {tmp} once more")
-            check = (
-                f"if command -v sha256sum >/dev/null; then a=sha256; w={sha256}; h=$(sha256sum {qtmp}); "
-                f"else a=md5; w={md5}; h=$(md5sum {qtmp}); fi || {{ rm -f {qtmp}; exit 4; }}; h=${{h%% *}}; "
-                f'if [ "$h" = "$w" ]; then mv -f {qtmp} {qout} || {{ rm -f {qtmp}; exit 5; }}; echo $a; '
-                f'else rm -f {qtmp}; echo "$a on the device is $h, expected $w: not installed" >&2; exit 3; fi'
+            check = verify_command(
+                tmp, out_path, sha256, md5, produce=f"h=$($c {qtmp}) || {{ rm -f {qtmp}; exit 4; }}", rename_failed=5
             )
         rc, out, err = self._run(check)
         if rc != 0:
@@ -551,6 +542,15 @@ class Connection(ConnectionBase):
             raise AnsibleError(f"adb {self.client.serial}: put {out_path} failed (exit {rc}): {why}")
         if to_text(out).strip() == "md5":
             display.warning(f"adb {self.client.serial}: no sha256sum on the device, {out_path} verified with md5sum")
+
+    def _meter(self, size: int, out_path: str) -> Progress:
+        """Lines on stderr at default verbosity, so stdout callbacks that print JSON stay parseable; from a worker,
+        Display hands them to the main process."""
+        return Progress(
+            size,
+            f"put {os.path.basename(out_path)}",
+            lambda line: display.display(f"adb {self.client.serial}: {line}", stderr=True),
+        )
 
     def _pull_address(self) -> str | None:
         """The controller address the device fetches from: pull_host, else the local address of a route toward
@@ -574,11 +574,7 @@ class Connection(ConnectionBase):
         except OSError as exc:
             self._vvv(f"put_method pull: cannot listen on {address}: {exc}: sync push")
             return False
-        meter = Progress(
-            size,
-            f"put {os.path.basename(out_path)}",
-            lambda line: display.display(f"adb {self.client.serial}: {line}", stderr=True),
-        )
+        meter = self._meter(size, out_path)
         try:
             server.on_progress = meter.update
             sha256, md5 = _digests(local)
@@ -699,20 +695,30 @@ def local_address(serial: str) -> str | None:
         return None
 
 
+def verify_command(tmp: str, out_path: str, sha256: str, md5: str, *, produce: str, rename_failed: int) -> str:
+    """The device's check of a put: ``produce`` sets h to the output of $c (sha256sum, md5sum without it) over the
+    file; then tmp is renamed to out_path when the digest is right (prints the algorithm), else removed (exit 3);
+    exit ``rename_failed`` when the rename fails."""
+    qtmp, qout = shlex.quote(tmp), shlex.quote(out_path)
+    return (
+        f"if command -v sha256sum >/dev/null; then a=sha256; w={sha256}; c=sha256sum; "
+        f"else a=md5; w={md5}; c=md5sum; fi; {produce}; h=${{h%% *}}; "
+        f'if [ "$h" = "$w" ]; then mv -f {qtmp} {qout} || {{ rm -f {qtmp}; exit {rename_failed}; }}; echo $a; '
+        f'else rm -f {qtmp}; echo "$a on the device is $h, expected $w: not installed" >&2; exit 3; fi'
+    )
+
+
 def pull_command(url: str, tmp: str, out_path: str, sha256: str, md5: str) -> str:
     """One device command: fetch url with busybox wget into tmp while hashing it (tee), then rename tmp to
     out_path when the digest is right (no wget -T: busybox wget's timeout crashes under qemu-user; the command
     timeout bounds a fetch that hangs). Exit 5: nothing fetched (no route back, no wget); 3: wrong digest, tmp
     removed; 6: the rename failed."""
-    qtmp, qout, qurl = shlex.quote(tmp), shlex.quote(out_path), shlex.quote(url)
-    return (
-        f"if command -v sha256sum >/dev/null; then a=sha256; w={sha256}; c=sha256sum; "
-        f"else a=md5; w={md5}; c=md5sum; fi; "
+    qtmp, qurl = shlex.quote(tmp), shlex.quote(url)
+    fetch = (
         f"h=$(wget -q -O - {qurl} | tee {qtmp} | $c); "
-        f"[ -s {qtmp} ] || {{ rm -f {qtmp}; echo 'wget fetched nothing' >&2; exit 5; }}; h=${{h%% *}}; "
-        f'if [ "$h" = "$w" ]; then mv -f {qtmp} {qout} || {{ rm -f {qtmp}; exit 6; }}; echo $a; '
-        f'else rm -f {qtmp}; echo "$a on the device is $h, expected $w: not installed" >&2; exit 3; fi'
+        f"[ -s {qtmp} ] || {{ rm -f {qtmp}; echo 'wget fetched nothing' >&2; exit 5; }}"
     )
+    return verify_command(tmp, out_path, sha256, md5, produce=fetch, rename_failed=6)
 
 
 def follow_hash(tmp: str, size: int, tmp_dir: str | None = "/tmp", token: str = "", limit: float = 0) -> str:

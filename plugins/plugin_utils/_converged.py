@@ -33,6 +33,7 @@ import re
 import typing as t
 
 from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._device_script import parse_sections, sh_quote
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._prefs import PrefsError, parse_json
 
 STAMP_MAGIC = "fleetmesh-converged 1"
 STAMP_NAME = ".fleetmesh-converged"
@@ -286,13 +287,17 @@ def remove_script(stamp: str) -> str:
     return f"rm -f {sh_quote(stamp)} {sh_quote(stamp + '.tmp')} {sh_quote(stamp + '.tmp.2')}\n"
 
 
-def _status_part(text: str) -> dict[str, t.Any]:
-    start = text.find("{")
+def _json(text: str) -> dict[str, t.Any] | None:
+    """The CLI's JSON object (a warning line may come first), or None when it did not answer with one."""
     try:
-        value = json.loads(text[start:]) if start >= 0 else None
-    except json.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
+        return parse_json(text, "")
+    except PrefsError:
+        return None
+
+
+def _status_part(text: str) -> dict[str, t.Any]:
+    value = _json(text)
+    if value is None:
         return {"answer": "none"}
     me = value.get("Self") if isinstance(value.get("Self"), dict) else {}
     return {
@@ -302,12 +307,8 @@ def _status_part(text: str) -> dict[str, t.Any]:
 
 
 def _prefs_part(text: str) -> t.Any:
-    start = text.find("{")
-    try:
-        value = json.loads(text[start:]) if start >= 0 else None
-    except json.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
+    value = _json(text)
+    if value is None:
         return "none"
     # Persist holds the node's keys (and changes with a key renewal that is not drift): left out.
     return {k: v for k, v in value.items() if k != "Persist"}
