@@ -35,12 +35,15 @@ description:
     1 MiB on, a second shell hashes the temporary file on the device while the push writes it (C(dd) and
     C(sha256sum), no Python), so the digest is ready about when the last byte lands; when that reader gives up
     or disagrees, the whole file is hashed once more after the push, as for smaller files, and that decides.
-  - B(Device pull.) With O(put_method=pull) a put_file is fetched by the device instead (a one-shot HTTP server on
-    the controller serves the file once and one device command fetches it with busybox C(wget), hashes it while it
-    lands, C(tee) into C(sha256sum) or MD5 without it, and renames it into place). Old adbd moves at most 4 KiB per
-    round trip (about 6x bytes/bandwidth on a 1 Mbit/s, 100 ms link); the pull runs at the link's rate. The device
-    must reach the controller (O(pull_host)); when it cannot fetch (no route back, no C(wget)) the sync push is
-    used instead. A USB serial (no C(host:port)) without O(pull_host) always uses the sync push.
+  - B(Device pull.) By default (O(put_method=auto)) a put_file of 16 KiB or more to a network device (a
+    C(host:port) serial, or any serial with O(pull_host)) is fetched by the device instead; a one-shot HTTP server
+    on the controller serves the file once under a random path, and one device command fetches it with busybox
+    C(wget), hashes it while it lands (C(tee) into C(sha256sum), MD5 without it) and renames it into place. Old
+    adbd moves at most 4 KiB per round trip (about 6x bytes/bandwidth on a 1 Mbit/s, 100 ms link); the pull runs
+    at the link's rate. When the device cannot fetch (no route back to O(pull_host), no C(wget)) the file is
+    pushed by sync instead, and so are the task's later files. A device whose fetch fails at once costs a round
+    trip, one whose packets to the controller are dropped costs up to 10 seconds (C(wget) is stopped when nothing
+    has landed by then). A USB serial without O(pull_host) always uses the sync push.
   - B(Progress.) A put_file over the sync protocol that runs longer than 3 seconds prints a line every 5 seconds,
     at default verbosity, on stderr (bytes the adb server has taken, rate, time left) and one when it is done; not
     with the C(adb push) fallback.
@@ -168,9 +171,13 @@ options:
         from a one-shot HTTP server on the controller (busybox C(wget)), for network-attached devices on slow or
         metered links, where old adbd's 4 KiB per round trip is the bottleneck; it falls back to V(sync) when the
         device cannot fetch, and is not tried for a USB serial without O(pull_host) or for an empty file.
+      - V(auto) is V(pull) for files of 16 KiB or more (smaller ones take about as long either way) and V(sync)
+        below; after a fetch the device could not make, the connection pushes the task's later files by V(sync).
+      - Set V(sync) where the controller must not listen for the device (the one-shot server listens on
+        O(pull_host) for the length of one put, serving one file under a random path, once).
     type: str
-    default: sync
-    choices: [sync, pull]
+    default: auto
+    choices: [auto, sync, pull]
     vars:
       - name: fleetmesh_adb_put_method
     env:
@@ -283,6 +290,8 @@ MAX_INLINE_COMMAND = 3400
 # and below 2 GiB (shell arithmetic of 32-bit busybox builds).
 FOLLOW_MIN = 1 << 20
 FOLLOW_MAX = (1 << 31) - 1
+# put_method=auto lets the device fetch files from this size on (as the telnet connection's transfer_method=auto).
+PULL_MIN = 16 * 1024
 # Session failures that mean "this host cannot be used": Ansible reports them as UNREACHABLE.
 _UNREACHABLE = {"ConnectError", "LoginError", "SessionLost", "CommandTimeout"}
 
@@ -301,6 +310,7 @@ class Connection(ConnectionBase):
         self._shell_v2 = False
         self._socket_path: str | None = None  # set once the device is known to ask for a login
         self._proven = False  # a command or push went through this connection's transport
+        self._pull_failed = False  # put_method=auto: the device could not fetch once, push the next file
 
     # ------------------------------------------------------------------------------------------------ settings
 
@@ -494,10 +504,12 @@ class Connection(ConnectionBase):
             raise AnsibleFileNotFound(f"file or module does not exist: {in_path}")
         out_path = str(out_path)
         display.vvv(f"PUT {local} TO {out_path}", host=self.client.serial)
-        if self.get_option("put_method") == "pull" and self._put_pull(local, out_path):
+        size = os.path.getsize(local)
+        method = self.get_option("put_method")
+        pull = method == "pull" or (method == "auto" and size >= PULL_MIN and not self._pull_failed)
+        if pull and self._put_pull(local, out_path):
             return
         tmp = f"{out_path}.fmtmp{secrets.token_hex(4)}"
-        size = os.path.getsize(local)
         meter = self._meter(size, out_path)
         follow = FOLLOW_MIN <= size < FOLLOW_MAX
         tmp_dir = str(self.get_option("tmp_dir")) or None
@@ -585,6 +597,7 @@ class Connection(ConnectionBase):
         if rc == 5:
             why = to_text(err or out).strip()[-300:]
             self._vvv(f"put_method pull: the device could not fetch {server.url} ({why or 'nothing'}): sync push")
+            self._pull_failed = True
             return False
         meter.finish()
         if rc != 0:
@@ -710,12 +723,15 @@ def verify_command(tmp: str, out_path: str, sha256: str, md5: str, *, produce: s
 
 def pull_command(url: str, tmp: str, out_path: str, sha256: str, md5: str) -> str:
     """One device command: fetch url with busybox wget into tmp while hashing it (tee), then rename tmp to
-    out_path when the digest is right (no wget -T: busybox wget's timeout crashes under qemu-user; the command
-    timeout bounds a fetch that hangs). Exit 5: nothing fetched (no route back, no wget); 3: wrong digest, tmp
-    removed; 6: the rename failed."""
-    qtmp, qurl = shlex.quote(tmp), shlex.quote(url)
+    out_path when the digest is right. wget is stopped when nothing has landed within
+    _http_push.FIRST_BYTES_WITHIN seconds (a device that cannot reach the controller); the command timeout
+    bounds a fetch that stalls later. tee passes the whole stream on when it cannot write the file (a full
+    disk): its failure adds a line to what is hashed, so a short file never matches. Exit 5: nothing fetched (no
+    route back, no wget); 3: wrong digest (or tee failed, its message before ours), tmp removed; 6: the rename
+    failed."""
+    qtmp = shlex.quote(tmp)
     fetch = (
-        f"h=$(wget -q -O - {qurl} | tee {qtmp} | $c); "
+        f"h=$( {{ {_http_push.fetch_command(url, tmp, shlex.quote)} | tee {qtmp} || echo tee-failed; }} | $c); "
         f"[ -s {qtmp} ] || {{ rm -f {qtmp}; echo 'wget fetched nothing' >&2; exit 5; }}"
     )
     return verify_command(tmp, out_path, sha256, md5, produce=fetch, rename_failed=6)

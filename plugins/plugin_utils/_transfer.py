@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
 try:
+    from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._http_push import fetch_command
     from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._progress import Progress, unacked
     from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._shell_errors import SessionLost, TransferError
     from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._shell_framing import (
@@ -34,6 +35,7 @@ try:
         shell_quote,
     )
 except ImportError:  # inside the session process, started as a script: this directory is sys.path[0]
+    from _http_push import fetch_command  # type: ignore[no-redef]
     from _progress import Progress, unacked  # type: ignore[no-redef]
     from _shell_errors import SessionLost, TransferError  # type: ignore[no-redef]
     from _shell_framing import INLINE_CHUNK, PRINTF_CHUNK, Result, shell_quote  # type: ignore[no-redef]
@@ -103,10 +105,9 @@ class FileTransfer:
                 server.on_progress = meter.update  # type: ignore[attr-defined]  # bytes the device has taken
             self.log(f"device pulls {size} bytes from {url.rsplit('/', 1)[0]}/...")
             try:
-                result = self.run(
-                    f"wget -q -O {shell_quote(tmp)} {shell_quote(url)} || {{ rm -f {shell_quote(tmp)}; exit 5; }}; "
-                    f"{check}".encode()
-                )
+                qtmp = shell_quote(tmp)
+                fetch = fetch_command(url, tmp, shell_quote)
+                result = self.run(f"{fetch} > {qtmp} || {{ rm -f {qtmp}; exit 5; }}; {check}".encode())
             finally:
                 server.close()  # type: ignore[attr-defined]
             if result.rc == 5:

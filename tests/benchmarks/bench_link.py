@@ -6,9 +6,10 @@
 The adb half of issue 17's "first provisioning wall time on a shaped 1 Mbit/s, 100 ms link <= 1.15 x
 bytes/bandwidth" (the telnet half: bench_telnet.py --gzip). A QuecOpen lab device sits behind the lab's link shaper
 (fleetlab.shaper: one-way latency and a rate cap per direction, in this process); the adb connection plugin's
-put_file (adb sync push to a temp name, sha256 on the device, rename) sends the first --mib MiB of what the binary
-role really sends (the gzip copy of the arm tailscaled that the release action makes, see bench_telnet.py), and a
-bare `adb push` of the same file through the same shaper (unless --no-bare) shows what the protocol alone costs.
+put_file with put_method=sync (adb sync push to a temp name, sha256 on the device, rename) sends the first --mib MiB
+of what the binary role really sends (the gzip copy of the arm tailscaled that the release action makes, see
+bench_telnet.py), and a bare `adb push` of the same file through the same shaper (unless --no-bare) shows what the
+protocol alone costs.
 
 Figures: wall time; as a ratio to payload/bandwidth and to the bytes the shaper passed (both directions) /
 bandwidth; and as a ratio to the protocol bound. The lab's quecopen adbd is an old adbd (adb protocol v1, 4096-byte
@@ -16,10 +17,10 @@ payloads, each WRTE acknowledged with an OKAY before the next is sent): at most 
 bandwidth, so ceil(size / 4096) x RTT (about 20 KB/s at a 200 ms RTT) is a floor that the bandwidth ratio cannot
 beat: a truncated payload keeps the run to a few minutes (the whole 17 MB would take about 15 minutes).
 
---pull times put_method=pull instead of the sync push: the device fetches the file with wget from the plugin's
-one-shot HTTP server, which sits behind a second shaper with the same settings (as in bench_telnet.py), so the
-fetch crosses the same kind of link; pull_host/pull_port are that shaper's listen address. Wire bytes are both
-shapers' (both directions); "x payload" is wire bytes / payload.
+--pull times put_method=pull (what the default, auto, does for files of 16 KiB or more) instead of the sync push:
+the device fetches the file with wget from the plugin's one-shot HTTP server, which sits behind a second shaper with
+the same settings (as in bench_telnet.py), so the fetch crosses the same kind of link; pull_host/pull_port are that
+shaper's listen address. Wire bytes are both shapers' (both directions); "x payload" is wire bytes / payload.
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ def main() -> int:
     parser.add_argument("--mib", type=float, default=2.0, help="MiB of the real gzip payload to send")
     parser.add_argument("--no-bare", dest="bare", action="store_false", help="skip the bare adb push")
     parser.add_argument("--pull", action="store_true", help="time put_method=pull (device fetch) instead of sync")
+    parser.add_argument(
+        "--unreachable",
+        action="store_true",
+        help="time put_method=auto where the device's fetch lands nothing (the fallback's cost), next to sync",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_link: needs root (the lab)", file=sys.stderr)
@@ -113,7 +119,7 @@ def main() -> int:
             f"{bound:.1f} s ({ADB_PAYLOAD / rtt / 1000:.1f} KB/s)"
         )
 
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {"put_method": "sync"}
         shapers = [shaper]
         conn = new_connection()
         if args.pull:
@@ -134,7 +140,29 @@ def main() -> int:
                 server.url = server.url.replace(f"127.0.0.1:{http_port}", f"{address}:{listen}")
                 return server
 
-            plugin._http_push = types.SimpleNamespace(OneShotServer=behind_shaper)  # noqa: SLF001
+            plugin._http_push = types.SimpleNamespace(  # noqa: SLF001
+                OneShotServer=behind_shaper,
+                fetch_command=plugin._http_push.fetch_command,  # noqa: SLF001
+            )
+        elif args.unreachable:
+            # The device is sent to a controller socket that accepts and never answers (as when a firewall drops
+            # the answers): put_method=auto stops wget after its deadline and pushes by sync.
+            mute = socket.socket()
+            mute.bind((GATEWAY, 0))
+            mute.listen(8)
+            options = {"put_method": "auto", "pull_host": GATEWAY}
+            plugin = sys.modules[type(conn).__module__]
+            one_shot = plugin._http_push.OneShotServer  # noqa: SLF001
+
+            def muted(path: str, address: str, listen: int) -> Any:
+                server = one_shot(path, address, listen)
+                server.url = f"http://{GATEWAY}:{mute.getsockname()[1]}/nothing-answers"
+                return server
+
+            plugin._http_push = types.SimpleNamespace(  # noqa: SLF001
+                OneShotServer=muted,
+                fetch_command=plugin._http_push.fetch_command,  # noqa: SLF001
+            )
         conn.set_options(
             direct={
                 "remote_addr": f"{GATEWAY}:{shaper.port}",
@@ -149,10 +177,16 @@ def main() -> int:
         def wire() -> int:
             return int(sum(s.stats.bytes_up + s.stats.bytes_down for s in shapers))
 
-        before, start = wire(), time.monotonic()
-        conn.put_file(str(payload), REMOTE)
-        rows.append((f"put_file {'pull' if args.pull else 'sync'}", time.monotonic() - start, wire() - before))
-        conn.exec_command(f"rm -f {REMOTE}")
+        puts = [(conn, f"put_file {'pull' if args.pull else 'sync'}")]
+        if args.unreachable:
+            reference = new_connection()
+            reference.set_options(direct={**conn._options, "put_method": "sync"})  # noqa: SLF001
+            puts = [(conn, "auto, no fetch"), (conn, "auto, next put"), (reference, "put_file sync")]
+        for via, label in puts:
+            before, start = wire(), time.monotonic()
+            via.put_file(str(payload), REMOTE)
+            rows.append((label, time.monotonic() - start, wire() - before))
+            conn.exec_command(f"rm -f {REMOTE}")
         if args.bare:
             serial = f"{GATEWAY}:{shaper.port}"
             before, start = wire(), time.monotonic()
@@ -170,6 +204,13 @@ def main() -> int:
                 f"{label:<16} {wall:7.1f} {size / wall / 1000:6.1f} {moved:11d} {moved / size:9.3f} "
                 f"{wall / limit:8.2f} {wall / on_wire:7.2f} {wall / bound:17.2f}"
             )
+        if args.unreachable:
+            print(
+                f"fallback cost: {rows[0][1] - rows[2][1]:.1f} s on the first put of a connection whose device cannot "
+                f"fetch (wget stopped after {plugin._http_push.fetch_command.__defaults__[0]} s with nothing landed), "  # noqa: SLF001
+                f"{rows[1][1] - rows[2][1]:+.1f} s on its next put (sync at once)"
+            )
+            return 0
         if args.pull:
             wall, moved = rows[0][1], rows[0][2]
             print(

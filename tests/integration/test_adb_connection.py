@@ -11,10 +11,12 @@ import contextlib
 import hashlib
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -147,7 +149,7 @@ def test_binary_round_trip_verified(work: dict[str, Any], plain: Any, tmp_path: 
     payload = tmp_path / "payload.bin"
     payload.write_bytes(os.urandom(PAYLOAD_SIZE))
     want = hashlib.sha256(payload.read_bytes()).hexdigest()
-    conn = connect(work, plain)
+    conn = connect(work, plain, put_method="sync")
     commands: list[str] = []
     run = conn._run  # noqa: SLF001
     conn._run = lambda command: commands.append(command) or run(command)  # noqa: SLF001
@@ -163,13 +165,24 @@ def test_binary_round_trip_verified(work: dict[str, Any], plain: Any, tmp_path: 
     sh(plain, "rm -f /usrdata/payload.bin")
 
 
-def test_failed_put_leaves_the_target_as_it_was(work: dict[str, Any], plain: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("method", "error"),
+    [
+        ("sync", "adb push to /usrdata/ro/x.fmtmp"),
+        ("auto", r"(?s)exit 3\): tee: /usrdata/ro/x\.fmtmp\w+: .*not installed"),
+    ],
+)
+def test_failed_put_leaves_the_target_as_it_was(
+    method: str, error: str, work: dict[str, Any], plain: Any, tmp_path: Path
+) -> None:
+    """A full disk: the sync push fails; the device pull's tee passes the whole stream on although it could not
+    write the file, and its failure must still keep the short file from being installed."""
     sh(plain, "echo old > /usrdata/keep; mkdir -p /usrdata/ro && mount -t tmpfs -o size=4k tmpfs /usrdata/ro")
     try:
         big = tmp_path / "big"
         big.write_bytes(os.urandom(64 * 1024))
-        with pytest.raises(Exception, match="adb push to /usrdata/ro/x.fmtmp"):
-            connect(work, plain).put_file(str(big), "/usrdata/ro/x")
+        with pytest.raises(AnsibleError, match=error):
+            connect(work, plain, put_method=method).put_file(str(big), "/usrdata/ro/x")
         assert sh(plain, "ls -a /usrdata/ro").split() == [".", ".."]
     finally:
         sh(plain, "umount /usrdata/ro; rmdir /usrdata/ro; rm -f /usrdata/keep")
@@ -194,17 +207,18 @@ def test_put_with_a_checksum_mismatch_installs_nothing(
         sh(plain, "rm -f /usrdata/target")
 
 
-def test_put_method_pull_is_one_device_command_and_falls_back_to_sync(
+def test_the_device_pull_is_one_device_command_and_falls_back_to_sync(
     work: dict[str, Any], plain: Any, tmp_path: Path
 ) -> None:
-    """The device fetches the file from the controller (busybox wget), hashes and renames it in one command; a
-    pull_host the device cannot reach (127.0.0.1 is the device itself) means the sync push, and still the file."""
+    """By default the device fetches the file from the controller (busybox wget), hashes and renames it in one
+    command; a pull_host the device cannot reach (127.0.0.1 is the device itself) means the sync push, and still
+    the file."""
     payload = tmp_path / "payload.bin"
     payload.write_bytes(os.urandom(4 * 1024 * 1024 + 123))
     want = hashlib.sha256(payload.read_bytes()).hexdigest()
     try:
         for pull_host, used in ((None, "pull"), ("127.0.0.1", "sync")):
-            conn = connect(work, plain, put_method="pull", **({"pull_host": pull_host} if pull_host else {}))
+            conn = connect(work, plain, **({"pull_host": pull_host} if pull_host else {}))
             commands: list[str] = []
             pushes: list[str] = []
             run, push = conn._run, conn._push  # noqa: SLF001
@@ -223,6 +237,25 @@ def test_put_method_pull_is_one_device_command_and_falls_back_to_sync(
             sh(plain, "rm -f /usrdata/pulled.bin")
     finally:
         sh(plain, "rm -f /usrdata/pulled.bin")
+
+
+def test_a_fetch_that_lands_nothing_is_stopped(work: dict[str, Any], plain: Any) -> None:
+    """The device's wget connects to a controller socket that never answers (as when the answers are dropped): the
+    watchdog stops it after its deadline (busybox sh and wget under qemu-user here), not the TCP or command timeout."""
+    conn = connect(work, plain)
+    conn.exec_command("true")  # connected: the command below is timed alone
+    address = conn._pull_address()  # noqa: SLF001
+    mod = sys.modules[type(conn).__module__]
+    with socket.socket() as mute:
+        mute.bind((address, 0))
+        mute.listen(1)
+        url = f"http://{address}:{mute.getsockname()[1]}/x"
+        fetch = mod._http_push.fetch_command(url, "/usrdata/mute.tmp", shlex.quote, within=2)  # noqa: SLF001
+        started = time.monotonic()
+        rc, out, _err = conn._run(f"{fetch} > /usrdata/mute.tmp; echo rc=$?; rm -f /usrdata/mute.tmp")  # noqa: SLF001
+        took = time.monotonic() - started
+    assert rc == 0 and out.strip() != b"rc=0" and out.strip().startswith(b"rc=")
+    assert 1.5 < took < 15
 
 
 # --------------------------------------------------------------------------------------------------- login

@@ -1,12 +1,15 @@
-"""put_method=pull (issue 17): the device fetches a put_file from a one-shot HTTP server on the controller with
-wget, hashes it while it lands and renames it, in one command; it falls back to the sync push when it cannot
-fetch. The device's shell is a local shell (with the local wget), the push a local copy.
+"""put_method auto/pull (issue 17): the device fetches a put_file from a one-shot HTTP server on the controller
+with wget, hashes it while it lands and renames it, in one command; it falls back to the sync push when it cannot
+fetch (and auto pushes the connection's later files). The device's shell is a local shell (with the local wget),
+the push a local copy.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -63,9 +66,9 @@ def files(tmp_path: Path) -> tuple[Path, Path]:
 # --------------------------------------------------------------------------------------------------- options
 
 
-def test_put_method_defaults_to_sync_with_any_port() -> None:
+def test_put_method_defaults_to_auto_with_any_port() -> None:
     conn = connection()
-    assert conn.get_option("put_method") == "sync"  # type: ignore[attr-defined]
+    assert conn.get_option("put_method") == "auto"  # type: ignore[attr-defined]
     assert conn.get_option("pull_host") is None  # type: ignore[attr-defined]
     assert conn.get_option("pull_port") == 0  # type: ignore[attr-defined]
 
@@ -109,7 +112,8 @@ def test_the_controller_address_toward_the_device(serial: str, address: str | No
 
 def test_the_pull_command_fetches_hashes_and_renames_in_one_pass() -> None:
     cmd = adb_plugin.pull_command("http://192.0.2.1:8080/s/x", "/d/it's.bin.fmtmp1", "/d/it's.bin", "S" * 64, "m" * 32)
-    assert "h=$(wget -q -O - http://192.0.2.1:8080/s/x | tee '/d/it'\"'\"'s.bin.fmtmp1' | $c)" in cmd
+    assert "h=$( { (wget -q -O - http://192.0.2.1:8080/s/x & p=$!; " in cmd
+    assert "| tee '/d/it'\"'\"'s.bin.fmtmp1' || echo tee-failed; } | $c)" in cmd
     assert "exit 5" in cmd and "exit 3" in cmd and "w=" + "S" * 64 in cmd and "md5sum" in cmd
     assert "mv -f '/d/it'\"'\"'s.bin.fmtmp1' '/d/it'\"'\"'s.bin'" in cmd
     assert len(cmd) < adb_plugin.MAX_INLINE_COMMAND
@@ -150,13 +154,35 @@ def test_a_usb_serial_cannot_pull_and_is_pushed(monkeypatch: pytest.MonkeyPatch,
     assert len(device.pushes) == 1 and not any("wget" in c for c in device.commands)
 
 
-def test_sync_stays_the_default(monkeypatch: pytest.MonkeyPatch, files: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize(
+    ("method", "size", "pulled"),
+    [("auto", 16384, True), ("auto", 16383, False), ("sync", 16384, False), ("pull", 1, True)],
+)
+def test_which_put_method_a_file_takes(
+    method: str, size: int, pulled: bool, monkeypatch: pytest.MonkeyPatch, files: tuple[Path, Path]
+) -> None:
     src, dest = files
-    conn = connection()
+    src.write_bytes(PAYLOAD[:size])
+    conn = connection(put_method=method)
     device = LocalDevice(conn, monkeypatch, "127.0.0.1:5555")
     conn.put_file(str(src), str(dest))  # type: ignore[attr-defined]
-    assert dest.read_bytes() == PAYLOAD and len(device.pushes) == 1
-    assert not any("wget" in c for c in device.commands)
+    assert dest.read_bytes() == PAYLOAD[:size]
+    assert (len(device.pushes), any("wget" in c for c in device.commands)) == ((0, True) if pulled else (1, False))
+
+
+def test_the_fetch_is_stopped_when_nothing_lands_in_time(tmp_path: Path) -> None:
+    """A server that accepts and sends nothing (packets dropped on the way back, as far as wget can tell): wget is
+    stopped after FIRST_BYTES_WITHIN seconds, not the connect or command timeout."""
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(1)
+        url = f"http://127.0.0.1:{mute.getsockname()[1]}/x"
+        fetch = adb_plugin._http_push.fetch_command(url, str(tmp_path / "t"), adb_plugin.shlex.quote, within=1)  # noqa: SLF001
+        started = time.monotonic()
+        proc = subprocess.run(
+            ["/bin/sh", "-c", f"{fetch} > {tmp_path / 't'}"], capture_output=True, timeout=30, check=False
+        )
+        assert proc.returncode != 0 and time.monotonic() - started < 10
 
 
 @pytest.mark.parametrize("why", ["no wget", "no route back"])
@@ -167,7 +193,7 @@ def test_a_device_that_cannot_fetch_falls_back_to_sync(
     logged: list[str] = []
     monkeypatch.setattr(adb_plugin.display, "vvv", lambda msg, host=None: logged.append(msg))
     fakes = None
-    options: dict[str, object] = {"put_method": "pull"}
+    options: dict[str, object] = {"put_method": "auto"}
     if why == "no wget":
         fakes = tmp_path / "fakes"
         fakes.mkdir()
@@ -187,6 +213,10 @@ def test_a_device_that_cannot_fetch_falls_back_to_sync(
     assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name]
     assert "wget" in device.commands[0] and len(device.pushes) == 1
     assert any("could not fetch" in m and "sync push" in m for m in logged)
+    # auto does not try again on this connection: the next file goes by sync at once.
+    tried = len(device.commands)
+    conn.put_file(str(src), str(dest))  # type: ignore[attr-defined]
+    assert len(device.pushes) == 2 and not any("wget" in c for c in device.commands[tried:])
 
 
 def test_a_fetched_file_with_the_wrong_digest_is_removed_and_the_put_fails(
