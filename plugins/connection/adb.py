@@ -44,9 +44,9 @@ description:
     pushed by sync instead, and so are the task's later files. A device whose fetch fails at once costs a round
     trip, one whose packets to the controller are dropped costs up to 10 seconds (C(wget) is stopped when nothing
     has landed by then). A USB serial without O(pull_host) always uses the sync push.
-  - B(Progress.) A put_file over the sync protocol that runs longer than 3 seconds prints a line every 5 seconds,
-    at default verbosity, on stderr (bytes the adb server has taken, rate, time left) and one when it is done; not
-    with the C(adb push) fallback.
+  - B(Progress.) A put_file that runs longer than 3 seconds prints a line every 5 seconds, at default verbosity,
+    on stderr (bytes the device acknowledged for a device pull, the adb server has taken for a sync push; rate,
+    time left) and one when it is done; not with the C(adb push) fallback.
   - A device that goes away (unplugged, adbd gone) makes the task UNREACHABLE with the adb client's reason.
   - C(become) is not supported (these devices give a root shell).
 author:
