@@ -507,7 +507,7 @@ class Connection(ConnectionBase):
         size = os.path.getsize(local)
         method = self.get_option("put_method")
         pull = method == "pull" or (method == "auto" and size >= PULL_MIN and not self._pull_failed)
-        if pull and self._put_pull(local, out_path):
+        if pull and self._put_pull(local, out_path, size):
             return
         tmp = f"{out_path}.fmtmp{secrets.token_hex(4)}"
         meter = self._meter(size, out_path)
@@ -572,11 +572,10 @@ class Connection(ConnectionBase):
             return str(host)
         return local_address(self.client.serial)
 
-    def _put_pull(self, local: str, out_path: str) -> bool:
+    def _put_pull(self, local: str, out_path: str, size: int) -> bool:
         """put_method=pull: the device fetches the file from a one-shot HTTP server on the controller, hashes it
         while it lands and renames it into place, in one device command. False when the device could not fetch
         it (the caller pushes it by sync then); an error when what it fetched is not the file."""
-        size = os.path.getsize(local)
         address = self._pull_address()
         if address is None or size == 0:
             self._vvv(f"put_method pull: {'empty file' if size == 0 else 'no controller address (USB)'}: sync push")
@@ -731,7 +730,7 @@ def pull_command(url: str, tmp: str, out_path: str, sha256: str, md5: str) -> st
     failed."""
     qtmp = shlex.quote(tmp)
     fetch = (
-        f"h=$( {{ {_http_push.fetch_command(url, tmp, shlex.quote)} | tee {qtmp} || echo tee-failed; }} | $c); "
+        f"h=$( {{ {_http_push.fetch_command(url, tmp)} | tee {qtmp} || echo tee-failed; }} | $c); "
         f"[ -s {qtmp} ] || {{ rm -f {qtmp}; echo 'wget fetched nothing' >&2; exit 5; }}"
     )
     return verify_command(tmp, out_path, sha256, md5, produce=fetch, rename_failed=6)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shlex
 import socket
 import threading
 from collections.abc import Callable
@@ -27,7 +28,7 @@ SEND_STEP = 256 * 1024  # sendfile() per step: a progress update per step, about
 FIRST_BYTES_WITHIN = 10  # seconds a device's wget may take to land the first bytes before it is stopped
 
 
-def fetch_command(url: str, landed: str, quote: Callable[[str], str], within: int = FIRST_BYTES_WITHIN) -> str:
+def fetch_command(url: str, landed: str, within: int = FIRST_BYTES_WITHIN) -> str:
     """A device command that writes the file at url to its stdout with busybox wget, and stops wget when nothing
     has landed in the file `landed` (where the caller puts that output) within `within` seconds: a device that
     cannot reach the controller (a firewall that drops, no route back) costs that long, not the TCP connect
@@ -36,8 +37,8 @@ def fetch_command(url: str, landed: str, quote: Callable[[str], str], within: in
     Exits with wget's status (143 when stopped). POSIX sh: the watchdog is a subshell with no inherited output,
     so nothing waits on it after wget ends."""
     return (
-        f"(wget -q -O - {quote(url)} & p=$!; "
-        f"(sleep {int(within)}; [ -s {quote(landed)} ] || kill $p) </dev/null >/dev/null 2>&1 & w=$!; "
+        f"(wget -q -O - {shlex.quote(url)} & p=$!; "
+        f"(sleep {int(within)}; [ -s {shlex.quote(landed)} ] || kill $p) </dev/null >/dev/null 2>&1 & w=$!; "
         "wait $p; r=$?; kill $w 2>/dev/null; exit $r)"
     )
 

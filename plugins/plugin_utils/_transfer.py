@@ -106,7 +106,7 @@ class FileTransfer:
             self.log(f"device pulls {size} bytes from {url.rsplit('/', 1)[0]}/...")
             try:
                 qtmp = shell_quote(tmp)
-                fetch = fetch_command(url, tmp, shell_quote)
+                fetch = fetch_command(url, tmp)
                 result = self.run(f"{fetch} > {qtmp} || {{ rm -f {qtmp}; exit 5; }}; {check}".encode())
             finally:
                 server.close()  # type: ignore[attr-defined]

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import os
 import re
-import shlex
 import signal
 import socket
 import subprocess
@@ -250,7 +249,7 @@ def test_a_fetch_that_lands_nothing_is_stopped(work: dict[str, Any], plain: Any)
         mute.bind((address, 0))
         mute.listen(1)
         url = f"http://{address}:{mute.getsockname()[1]}/x"
-        fetch = mod._http_push.fetch_command(url, "/usrdata/mute.tmp", shlex.quote, within=2)  # noqa: SLF001
+        fetch = mod._http_push.fetch_command(url, "/usrdata/mute.tmp", within=2)  # noqa: SLF001
         started = time.monotonic()
         rc, out, _err = conn._run(f"{fetch} > /usrdata/mute.tmp; echo rc=$?; rm -f /usrdata/mute.tmp")  # noqa: SLF001
         took = time.monotonic() - started

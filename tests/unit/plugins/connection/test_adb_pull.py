@@ -177,7 +177,7 @@ def test_the_fetch_is_stopped_when_nothing_lands_in_time(tmp_path: Path) -> None
         mute.bind(("127.0.0.1", 0))
         mute.listen(1)
         url = f"http://127.0.0.1:{mute.getsockname()[1]}/x"
-        fetch = adb_plugin._http_push.fetch_command(url, str(tmp_path / "t"), adb_plugin.shlex.quote, within=1)  # noqa: SLF001
+        fetch = adb_plugin._http_push.fetch_command(url, str(tmp_path / "t"), within=1)  # noqa: SLF001
         started = time.monotonic()
         proc = subprocess.run(
             ["/bin/sh", "-c", f"{fetch} > {tmp_path / 't'}"], capture_output=True, timeout=30, check=False
