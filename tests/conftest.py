@@ -57,25 +57,29 @@ def private_adb_server() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def lab_control_plane(request: pytest.FixtureRequest) -> Iterator[None]:
+def lab_control_plane(request: pytest.FixtureRequest) -> Iterator[bool]:
     """The lab's control plane (headscale + DERP, fleetlab/control.py) lives as long as the test session needs it.
 
     Lab tests start it on first use (`fleetlab.control.up()`, idempotent); if it was not running when the session
     began, the session stops it at the end, so the suite leaves no lab service behind. One that was already running
     (someone's `fleetlab control up`) is left alone.
+
+    The value is True when the session owns the control plane (it was not running when the session began): a
+    module that must stop it (tests of `control down`, `down --all`, the bridge's last user) may then do so even
+    though an earlier module of this session started it; the next user starts it again.
     """
     unit = Path(__file__).resolve().parent / "unit"
     if all(Path(item.path).resolve().is_relative_to(unit) for item in request.session.items):
         # A unit-only session never uses the lab, so it must not stop a control plane another session (a lab run
         # going on at the same time) started while this one ran.
-        yield
+        yield False
         return
     try:
         from fleetlab import control
     except ImportError:
-        yield
+        yield False
         return
     was_running = os.geteuid() == 0 and control.status() is not None
-    yield
+    yield not was_running
     if os.geteuid() == 0 and not was_running and control.status() is not None:
         control.down()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetlab import lab, netns
+from fleetlab import control, lab, netns
 from fleetlab.state import BRIDGE, DEVICES_DIR, RUN_DIR, device_names
 
 pytestmark = [
@@ -24,14 +24,20 @@ def _lab_mounts() -> list[str]:
         return [line for line in fh if "fleetlab" in line]
 
 
-def test_down_all_removes_everything() -> None:
+def foreign_control(session_owns_control: bool) -> bool:
+    """The control plane is up and is not this test session's (someone's `fleetlab control up` before it)."""
+    return (RUN_DIR / "control-headscale.json").exists() and not session_owns_control
+
+
+def test_down_all_removes_everything(lab_control_plane: bool) -> None:
     foreign = [n for n in device_names() if not n.startswith("lt-")]
     if foreign:
         pytest.skip(f"other lab devices are running ({', '.join(foreign)}): down --all would destroy them")
     if (RUN_DIR / "mirror.json").exists():
         pytest.skip("a lab mirror is running for someone else: down --all would stop it")
-    if (RUN_DIR / "control-headscale.json").exists():
+    if foreign_control(lab_control_plane):
         pytest.skip("the lab's control plane is running for someone else: down --all would stop it")
+    # One this session started goes with down --all; the next module that needs it starts it again.
     mirror_pids = []
     if importlib.util.find_spec("fleetlab.mirror") is not None:
         lab.mirror("start")
@@ -67,11 +73,12 @@ def test_down_is_idempotent_for_unknown_device() -> None:
     assert not (DEVICES_DIR / "lt-never").exists()
 
 
-def test_last_down_removes_the_bridge_and_mirror_status_reads_records() -> None:
+def test_last_down_removes_the_bridge_and_mirror_status_reads_records(lab_control_plane: bool) -> None:
     """The bridge (and 198.18.0.1 with it) goes when the last thing the lab recorded goes; the mirror's status is
     read from its record (a dead recorded pid is "not running"), never by connecting to its address."""
-    if device_names() or (RUN_DIR / "mirror.json").exists() or (RUN_DIR / "control-headscale.json").exists():
-        pytest.skip("other lab devices, a mirror or the control plane are running: the bridge is theirs too")
+    if device_names() or (RUN_DIR / "mirror.json").exists() or foreign_control(lab_control_plane):
+        pytest.skip("other lab devices, a mirror or someone else's control plane are running: the bridge is theirs too")
+    control.down()  # this session's own, if an earlier module started it: it holds the bridge too
     lab.up("lt-br1", "sysvinit")
     lab.up("lt-br2", "sysvinit")
     assert BRIDGE in netns.lab_links()

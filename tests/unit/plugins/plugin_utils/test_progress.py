@@ -117,6 +117,16 @@ def amounts(lines: list[str]) -> list[float]:
 def test_inline_put_reports_what_the_device_took_then_done(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     eager(monkeypatch, _transfer)
     monkeypatch.setattr(_transfer, "_watch", functools.partial(_transfer._watch, every=0.01))
+
+    class SlowChunker(_transfer.Chunker):
+        """A batch every 30 ms, as over a slow link: the watcher (every 10 ms) sees the put part-way, however fast
+        the pty takes the ~13 batches (CI once saw the whole put pass between two polls)."""
+
+        def __call__(self) -> bytes | None:
+            time.sleep(0.03)
+            return super().__call__()
+
+    monkeypatch.setattr(_transfer, "Chunker", SlowChunker)
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(600 * 1024))
     session = session_on(PtyShell(b"$ ", []))
