@@ -56,6 +56,17 @@ def private_adb_server() -> Iterator[None]:
         os.environ["ANDROID_ADB_SERVER_PORT"] = saved
 
 
+@pytest.fixture(scope="session")
+def iptables_bundles() -> None:
+    """The lab's iptables bundles (fleetlab.bundles: Debian's iptables for armhf and amd64, extracted from the .debs
+    once per machine into /var/cache/fleetlab/bundles) for the modules whose devices get the collection's shim.
+    Prepared here, so a fresh machine that has not run `fleetlab prepare` runs those tests instead of skipping."""
+    from fleetlab import bundles
+
+    for arch in bundles.ARCHES:
+        bundles.ensure_bundle(arch)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def lab_control_plane(request: pytest.FixtureRequest) -> Iterator[bool]:
     """The lab's control plane (headscale + DERP, fleetlab/control.py) lives as long as the test session needs it.

@@ -19,7 +19,8 @@ The devices (mol-bNN, mol-bk, mol-bq, mol-bd) and the loopback release mirror ar
 after. The inventory is `fleetlab inventory`'s (fleetlab.inventory.build): the real Tailscale 1.98.10 (tarballs of
 32-36 MB, from the loopback mirror of fleetlab.tailscale_release's builds), logged in to the lab's headscale with
 its per-profile keys; kernel mode with the iptables shim on sysvinit, userspace on the ARM devices. The control
-plane is started if needed and left running; this run's nodes are deleted from it at the end.
+plane is started if needed and stopped after the run unless it was up before; this run's nodes are deleted from it
+at the end.
 """
 
 from __future__ import annotations
@@ -170,53 +171,53 @@ def main() -> int:
         + ", tarballs "
         + ", ".join(f"{arch} {size / 1e6:.1f} MB" for arch, size in sorted(tarballs.items()))
     ]
-    control.up()  # idempotent; a shared control plane is left running
-    control.forget(set(profiles))
-    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
-        work = Path(tmp)
-        (work / "home").mkdir()
-        devices: dict[str, Any] = {}
-        try:
-            start = time.monotonic()
-            for name, profile in profiles.items():
-                lab.down(name)
-                devices[name] = lab.up(name, profile)
-            report.append(f"bring-up of {len(devices)} lab devices: {time.monotonic() - start:.1f} s")
-            with release_mirror(work / "mirror") as mirror:
-                data: dict[str, Any] = inventory.build(list(devices.values()))
-                data["all"]["vars"].update(
-                    binary_base_url=mirror,
-                    binary_cache_dir=str(work / "cache"),
-                    fleetmesh_telnet_control_path_dir=str(work / "cp"),
-                    fleetmesh_adb_control_path_dir=str(work / "cp"),
-                    fleetmesh_adb_server_port=ADB_PORT,
-                )
-                # quecopen's fixed hostname (mdm9607-perf) would name its node: name it after the device.
-                for name, hv in data["all"]["children"].get("quecopen", {}).get("hosts", {}).items():
-                    hv["login_hostname"] = name
-                inv = work / "inventory.yml"
-                inv.write_text(yaml.safe_dump(data))
-                door_of = {}
-                for group in data["all"]["children"].values():
-                    for name, hv in group["hosts"].items():
-                        door_of[str(hv["ansible_host"])] = name
-                ctx = {"profiles": profiles, "door_of": door_of, "tarballs": tarballs, "devices": devices}
-                ctx |= {"work": work, "inventory": inv}
-                report += measure(f"from scratch, {trees[0][0]}", trees[0][1], args.forks, ctx)
-                for rnd in range(1, args.rounds + 1):
-                    for label, tree in trees:
-                        report += measure(f"no-op re-run {rnd}, {label}", tree, args.forks, ctx)
-        finally:
-            stop_sessions(work / "cp")
-            subprocess.run(["adb", "-P", str(ADB_PORT), "kill-server"], capture_output=True, check=False)
-            for name in profiles:
-                lab.down(name)
-            (work / "inventory.yml").unlink(missing_ok=True)  # it holds the lab's pre-auth keys
-            control.forget(set(profiles))
-    print("\n".join(report))
-    if args.out:
-        args.out.write_text("\n".join(report) + "\n")
-    return 0
+    with control.borrowed():  # started for this run if it was not up, and stopped after it
+        control.forget(set(profiles))
+        with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
+            work = Path(tmp)
+            (work / "home").mkdir()
+            devices: dict[str, Any] = {}
+            try:
+                start = time.monotonic()
+                for name, profile in profiles.items():
+                    lab.down(name)
+                    devices[name] = lab.up(name, profile)
+                report.append(f"bring-up of {len(devices)} lab devices: {time.monotonic() - start:.1f} s")
+                with release_mirror(work / "mirror") as mirror:
+                    data: dict[str, Any] = inventory.build(list(devices.values()))
+                    data["all"]["vars"].update(
+                        binary_base_url=mirror,
+                        binary_cache_dir=str(work / "cache"),
+                        fleetmesh_telnet_control_path_dir=str(work / "cp"),
+                        fleetmesh_adb_control_path_dir=str(work / "cp"),
+                        fleetmesh_adb_server_port=ADB_PORT,
+                    )
+                    # quecopen's fixed hostname (mdm9607-perf) would name its node: name it after the device.
+                    for name, hv in data["all"]["children"].get("quecopen", {}).get("hosts", {}).items():
+                        hv["login_hostname"] = name
+                    inv = work / "inventory.yml"
+                    inv.write_text(yaml.safe_dump(data))
+                    door_of = {}
+                    for group in data["all"]["children"].values():
+                        for name, hv in group["hosts"].items():
+                            door_of[str(hv["ansible_host"])] = name
+                    ctx = {"profiles": profiles, "door_of": door_of, "tarballs": tarballs, "devices": devices}
+                    ctx |= {"work": work, "inventory": inv}
+                    report += measure(f"from scratch, {trees[0][0]}", trees[0][1], args.forks, ctx)
+                    for rnd in range(1, args.rounds + 1):
+                        for label, tree in trees:
+                            report += measure(f"no-op re-run {rnd}, {label}", tree, args.forks, ctx)
+            finally:
+                stop_sessions(work / "cp")
+                subprocess.run(["adb", "-P", str(ADB_PORT), "kill-server"], capture_output=True, check=False)
+                for name in profiles:
+                    lab.down(name)
+                (work / "inventory.yml").unlink(missing_ok=True)  # it holds the lab's pre-auth keys
+                control.forget(set(profiles))
+        print("\n".join(report))
+        if args.out:
+            args.out.write_text("\n".join(report) + "\n")
+        return 0
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ login. Figures:
 
 Round trips are counted as time / RTT, so device-side work (process starts under qemu-user on the ARM devices)
 counts too: the figures are upper bounds. --tree LABEL=DIR runs the whole benchmark for each checkout DIR (e.g. one
-with the doors' files as they were, for before/after figures from one run); each tree gets its own devices.
-The real Tailscale 1.98.10 logs in to the lab's headscale (started if needed, left running); this run's nodes are
-deleted at the end.
+with the doors' files as they were, for before/after figures from one run); each tree gets its own devices. The real
+Tailscale 1.98.10 logs in to the lab's headscale (started if needed, stopped after the run unless it was up before);
+this run's nodes are deleted at the end.
 """
 
 from __future__ import annotations
@@ -178,45 +178,47 @@ def _site(args: argparse.Namespace, tag: str, work: Path) -> dict[str, Any]:
         ),
     ]
     names = [spec[1] for spec in specs]
-    control.up()  # idempotent; a shared control plane is left running
-    control.forget(names)
-    rows: dict[str, Any] = {}
-    try:
-        with release_mirror(work / "mirror") as mirror:
-            for label, name, profile, opts, extra in specs:
-                lab.down(name)
-                device = lab.up(name, profile, **opts)
-                try:
-                    first = run_site(device, work, mirror, extra)
-                    if first.rc != 0:
-                        raise SystemExit(f"{label}: site.yml failed:\n{first.output[-3000:]}")
-                    lab.shape(name, latency_ms=args.latency_ms, rate_kbit=args.rate_kbit)
-                    shaped = lab.get(name)
-                    direct = dataclasses.replace(shaped, extra={k: v for k, v in shaped.extra.items() if k != "shaper"})
-                    times: dict[str, Any] = {}
-                    runs: dict[str, list[float]] = {"unshaped": [], "shaped": []}
-                    # The first shaped run logs in through the shaper; then unshaped and shaped alternate, each with
-                    # its session warm (the doors' sessions are per address), so drift hits both sides alike.
-                    for key in ("shaped, new login", *(["unshaped", "shaped"] * args.site_runs)):
-                        start = time.monotonic()
-                        run = run_site(direct if key == "unshaped" else shaped, work, mirror, extra)
-                        took = time.monotonic() - start
-                        if run.rc != 0 or run.changed != 0:
-                            raise SystemExit(f"{label}: no-op site.yml: rc {run.rc}, changed {run.changed}")
-                        if key in runs:
-                            runs[key].append(took)
-                        else:
-                            times[key] = took
-                        times["commands"] = run.execs
-                    times |= {key: statistics.median(values) for key, values in runs.items()}
-                    rows[label] = times
-                finally:
-                    stop_sessions(work / "cp")
-                    stop_sessions(work / "home" / ".ansible" / "cp")
-                    lab.down(name)
-    finally:
+    with control.borrowed():  # started for this run if it was not up, and stopped after it
         control.forget(names)
-    return rows
+        rows: dict[str, Any] = {}
+        try:
+            with release_mirror(work / "mirror") as mirror:
+                for label, name, profile, opts, extra in specs:
+                    lab.down(name)
+                    device = lab.up(name, profile, **opts)
+                    try:
+                        first = run_site(device, work, mirror, extra)
+                        if first.rc != 0:
+                            raise SystemExit(f"{label}: site.yml failed:\n{first.output[-3000:]}")
+                        lab.shape(name, latency_ms=args.latency_ms, rate_kbit=args.rate_kbit)
+                        shaped = lab.get(name)
+                        direct = dataclasses.replace(
+                            shaped, extra={k: v for k, v in shaped.extra.items() if k != "shaper"}
+                        )
+                        times: dict[str, Any] = {}
+                        runs: dict[str, list[float]] = {"unshaped": [], "shaped": []}
+                        # The first shaped run logs in through the shaper; then unshaped and shaped alternate, each with
+                        # its session warm (the doors' sessions are per address), so drift hits both sides alike.
+                        for key in ("shaped, new login", *(["unshaped", "shaped"] * args.site_runs)):
+                            start = time.monotonic()
+                            run = run_site(direct if key == "unshaped" else shaped, work, mirror, extra)
+                            took = time.monotonic() - start
+                            if run.rc != 0 or run.changed != 0:
+                                raise SystemExit(f"{label}: no-op site.yml: rc {run.rc}, changed {run.changed}")
+                            if key in runs:
+                                runs[key].append(took)
+                            else:
+                                times[key] = took
+                            times["commands"] = run.execs
+                        times |= {key: statistics.median(values) for key, values in runs.items()}
+                        rows[label] = times
+                    finally:
+                        stop_sessions(work / "cp")
+                        stop_sessions(work / "home" / ".ansible" / "cp")
+                        lab.down(name)
+        finally:
+            control.forget(names)
+        return rows
 
 
 def _worker(args: argparse.Namespace) -> int:

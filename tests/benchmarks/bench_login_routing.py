@@ -3,11 +3,11 @@
 Run as root:  /work/main/.venv/bin/python tests/benchmarks/bench_login_routing.py [--profile sysvinit|kobo]
 Brings up one lab device, copies the real tailscale and tailscaled 1.98.10 in (fleetlab.tailscale_release's build
 for the device's arch, 60-72 MB together) and starts tailscaled (userspace networking, the lab's no-logs flags),
-then runs the device + login + routing roles three times against the lab's headscale (the inventory's login
-server and per-profile key): first run (login, forwarding, routes), no-op re-run, and a re-run after the hostname
-was changed on the device (one `tailscale set`). "commands" counts the connection's EXEC lines at -vvv; "puts"
-counts put_file calls (the key file). The control plane is started if needed and left running; the node is
-deleted from it at the end.
+then runs the device + login + routing roles three times against the lab's headscale (the inventory's login server
+and per-profile key): first run (login, forwarding, routes), no-op re-run, and a re-run after the hostname was
+changed on the device (one `tailscale set`). "commands" counts the connection's EXEC lines at -vvv; "puts" counts
+put_file calls (the key file). The control plane is started if needed and stopped after the run unless it was up
+before; the node is deleted from it at the end.
 """
 
 from __future__ import annotations
@@ -88,33 +88,33 @@ def main() -> None:
     parser.add_argument("--profile", default="sysvinit", choices=sorted(ARCH))
     profile = parser.parse_args().profile
     lab.down(NAME)
-    control.up()  # idempotent; a shared control plane is left running
-    device = lab.up(NAME, profile)
-    try:
-        start_tailscaled(profile)
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            (work / "inv.yml").write_text(yaml.safe_dump(inventory.build([device])))  # holds the lab's key: tmp
-            (work / "play.yml").write_text(
-                "- hosts: all\n  gather_facts: false\n  roles:\n    - fleetmesh.tailscale.device\n"
-                "    - fleetmesh.tailscale.login\n    - fleetmesh.tailscale.routing\n"
-            )
-            for label in ("first run", "no-op re-run", "after hostname drift"):
-                if label == "after hostname drift":
-                    lab.exec_(NAME, ["tailscale", "set", "--hostname=drifted"])
-                elapsed, execs, puts, recap = run(work)
-                print(f"{profile:<9} {label:<22} {elapsed:6.2f} s  commands={execs:<3} puts={puts}  {recap}")
-            state = json.loads(lab.exec_(NAME, ["tailscale", "status", "--json"], timeout=120).stdout)
-            prefs = json.loads(lab.exec_(NAME, ["tailscale", "debug", "prefs"], timeout=120).stdout)
-            print(
-                f"node: {state['BackendState']}, {state['Self']['HostName']} {state['Self']['TailscaleIPs']}, "
-                f"control {prefs['ControlURL']}, advertised routes {prefs['AdvertiseRoutes']}"
-            )
-    finally:
+    with control.borrowed():  # started for this run if it was not up, and stopped after it
+        device = lab.up(NAME, profile)
         try:
-            forget_node()
+            start_tailscaled(profile)
+            with tempfile.TemporaryDirectory() as tmp:
+                work = Path(tmp)
+                (work / "inv.yml").write_text(yaml.safe_dump(inventory.build([device])))  # holds the lab's key: tmp
+                (work / "play.yml").write_text(
+                    "- hosts: all\n  gather_facts: false\n  roles:\n    - fleetmesh.tailscale.device\n"
+                    "    - fleetmesh.tailscale.login\n    - fleetmesh.tailscale.routing\n"
+                )
+                for label in ("first run", "no-op re-run", "after hostname drift"):
+                    if label == "after hostname drift":
+                        lab.exec_(NAME, ["tailscale", "set", "--hostname=drifted"])
+                    elapsed, execs, puts, recap = run(work)
+                    print(f"{profile:<9} {label:<22} {elapsed:6.2f} s  commands={execs:<3} puts={puts}  {recap}")
+                state = json.loads(lab.exec_(NAME, ["tailscale", "status", "--json"], timeout=120).stdout)
+                prefs = json.loads(lab.exec_(NAME, ["tailscale", "debug", "prefs"], timeout=120).stdout)
+                print(
+                    f"node: {state['BackendState']}, {state['Self']['HostName']} {state['Self']['TailscaleIPs']}, "
+                    f"control {prefs['ControlURL']}, advertised routes {prefs['AdvertiseRoutes']}"
+                )
         finally:
-            lab.down(NAME)
+            try:
+                forget_node()
+            finally:
+                lab.down(NAME)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ again with binary_version set to the newer one (NEW_VERSION), as an owner upgrad
   and the files the first run sent that the upgrade did not send again.
 
 The device and the loopback release mirror are made for the run and removed after; the control plane (the lab's
-headscale) is started if needed and left running; this run's node is deleted from it at the end.
+headscale) is started if needed and stopped after the run unless it was up before; this run's node is deleted from
+it at the end.
 """
 
 from __future__ import annotations
@@ -164,60 +165,60 @@ def main() -> int:
         f"{args.profile} device {name} ({arch}); upgrade {OLD_VERSION} -> {NEW_VERSION}; release tarballs: "
         + ", ".join(f"{v} {p.stat().st_size} B" for v, p in sorted(tarballs.items()))
     ]
-    control.up()  # idempotent; a shared control plane is left running
-    control.forget({name})
-    with tempfile.TemporaryDirectory(prefix="bench-upgrade-") as tmp:
-        work = Path(tmp)
-        (work / "home").mkdir()
-        inv = work / "inventory.yml"
-        lab.down(name)
-        try:
-            device = lab.up(name, args.profile)
-            if args.segment:  # this run's own veth, removed with the device
-                subprocess.run(["ip", "link", "set", "dev", device.veth_host, "gso_max_segs", "1"], check=True)
-                report += [f"  {device.veth_host}: gso_max_segs 1 (every segment counted with its headers)"]
-            with release_mirror(work / "mirror") as mirror:
-                data: dict[str, Any] = inventory.build([device])
-                data["all"]["vars"].update(
-                    binary_base_url=mirror,
-                    binary_cache_dir=str(work / "cache"),
-                    fleetmesh_telnet_control_path_dir=str(work / "cp"),
-                    fleetmesh_adb_control_path_dir=str(work / "cp"),
-                    fleetmesh_adb_server_port=ADB_PORT,
-                )
-                if args.profile == "quecopen":  # its fixed hostname would name the node: name it after the device
-                    data["all"]["children"]["quecopen"]["hosts"][name]["login_hostname"] = name
-                inv.write_text(yaml.safe_dump(data))
-                first = site(device, inv, work, OLD_VERSION, args.logs)
-                report += report_run(f"first provisioning at {OLD_VERSION}", first, name)
-                if first["rc"] != 0:
-                    return 1
-                running = lab.exec_(name, ["tailscale", "version"], timeout=60).stdout.split("\n", 1)[0]
-                report += [f"  device runs tailscale {running}"]
-                upgrade = site(device, inv, work, NEW_VERSION, args.logs)
-                report += report_run(f"upgrade to {NEW_VERSION}", upgrade, name)
-                running = lab.exec_(name, ["tailscale", "version"], timeout=60).stdout.split("\n", 1)[0]
-                report += [f"  device runs tailscale {running}"]
-            again = {_short(dest) for _src, dest, _size in upgrade["puts"]}
-            kept = sorted({_short(dest) for _src, dest, _size in first["puts"]} - again)
-            report += [f"  sent by the first provisioning, not sent again by the upgrade: {len(kept)}"]
-            report += [f"    {dest}" for dest in kept]
-            both = sorted(again & {_short(dest) for _src, dest, _size in first["puts"]})
-            report += [f"  sent by both runs: {len(both)}"] + [f"    {dest}" for dest in both]
-            sent = sum(size for _src, _dest, size in upgrade["puts"] if size > 0)
-            ratio = upgrade["bytes"] / new_size
-            report += [
-                f"upgrade: {upgrade['bytes']} bytes on the wire; new tarball tailscale_{NEW_VERSION}_{arch}.tgz "
-                f"{new_size} bytes; ratio {ratio:.3f} (target <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'})",
-                f"  of which files sent: {sent} bytes ({sent / new_size:.3f} x the tarball)",
-            ]
-        finally:
-            stop_sessions(work / "cp")
-            subprocess.run(["adb", "-P", str(ADB_PORT), "kill-server"], capture_output=True, check=False)
+    with control.borrowed():  # started for this run if it was not up, and stopped after it
+        control.forget({name})
+        with tempfile.TemporaryDirectory(prefix="bench-upgrade-") as tmp:
+            work = Path(tmp)
+            (work / "home").mkdir()
+            inv = work / "inventory.yml"
             lab.down(name)
-            inv.unlink(missing_ok=True)  # it holds the lab's pre-auth key
-            control.forget({name})
-    return 0
+            try:
+                device = lab.up(name, args.profile)
+                if args.segment:  # this run's own veth, removed with the device
+                    subprocess.run(["ip", "link", "set", "dev", device.veth_host, "gso_max_segs", "1"], check=True)
+                    report += [f"  {device.veth_host}: gso_max_segs 1 (every segment counted with its headers)"]
+                with release_mirror(work / "mirror") as mirror:
+                    data: dict[str, Any] = inventory.build([device])
+                    data["all"]["vars"].update(
+                        binary_base_url=mirror,
+                        binary_cache_dir=str(work / "cache"),
+                        fleetmesh_telnet_control_path_dir=str(work / "cp"),
+                        fleetmesh_adb_control_path_dir=str(work / "cp"),
+                        fleetmesh_adb_server_port=ADB_PORT,
+                    )
+                    if args.profile == "quecopen":  # its fixed hostname would name the node: name it after the device
+                        data["all"]["children"]["quecopen"]["hosts"][name]["login_hostname"] = name
+                    inv.write_text(yaml.safe_dump(data))
+                    first = site(device, inv, work, OLD_VERSION, args.logs)
+                    report += report_run(f"first provisioning at {OLD_VERSION}", first, name)
+                    if first["rc"] != 0:
+                        return 1
+                    running = lab.exec_(name, ["tailscale", "version"], timeout=60).stdout.split("\n", 1)[0]
+                    report += [f"  device runs tailscale {running}"]
+                    upgrade = site(device, inv, work, NEW_VERSION, args.logs)
+                    report += report_run(f"upgrade to {NEW_VERSION}", upgrade, name)
+                    running = lab.exec_(name, ["tailscale", "version"], timeout=60).stdout.split("\n", 1)[0]
+                    report += [f"  device runs tailscale {running}"]
+                again = {_short(dest) for _src, dest, _size in upgrade["puts"]}
+                kept = sorted({_short(dest) for _src, dest, _size in first["puts"]} - again)
+                report += [f"  sent by the first provisioning, not sent again by the upgrade: {len(kept)}"]
+                report += [f"    {dest}" for dest in kept]
+                both = sorted(again & {_short(dest) for _src, dest, _size in first["puts"]})
+                report += [f"  sent by both runs: {len(both)}"] + [f"    {dest}" for dest in both]
+                sent = sum(size for _src, _dest, size in upgrade["puts"] if size > 0)
+                ratio = upgrade["bytes"] / new_size
+                report += [
+                    f"upgrade: {upgrade['bytes']} bytes on the wire; new tarball tailscale_{NEW_VERSION}_{arch}.tgz "
+                    f"{new_size} bytes; ratio {ratio:.3f} (target <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'})",
+                    f"  of which files sent: {sent} bytes ({sent / new_size:.3f} x the tarball)",
+                ]
+            finally:
+                stop_sessions(work / "cp")
+                subprocess.run(["adb", "-P", str(ADB_PORT), "kill-server"], capture_output=True, check=False)
+                lab.down(name)
+                inv.unlink(missing_ok=True)  # it holds the lab's pre-auth key
+                control.forget({name})
+        return 0
 
 
 if __name__ == "__main__":

@@ -20,10 +20,7 @@ import pytest
 pytestmark = [
     pytest.mark.lab,
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, mounts, veths)"),
-    pytest.mark.skipif(
-        not Path("/var/cache/fleetlab/bundles/armhf/manifest.json").exists(),
-        reason="the lab's iptables bundles are not prepared (fleetlab prepare)",
-    ),
+    pytest.mark.usefixtures("iptables_bundles"),  # prepared if this machine has not yet (conftest)
 ]
 
 lab = pytest.importorskip("fleetlab.lab", reason="the fleetlab package (tests/lab) is not installed")

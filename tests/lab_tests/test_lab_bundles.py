@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from ansible_collections.fleetmesh.tailscale.plugins.plugin_utils._iptables_bundle import bundle_plan
 
 from fleetlab import bundles, lab
 from fleetlab.state import Device
@@ -38,9 +40,8 @@ def _install(device: Device, arch: str, dst: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def prepared() -> None:
-    for arch in bundles.ARCHES:
-        bundles.ensure_bundle(arch)
+def prepared(iptables_bundles: None) -> None:
+    """Both arches' bundles (tests/conftest.py's iptables_bundles)."""
 
 
 @pytest.fixture
@@ -94,3 +95,18 @@ def test_armhf_bundle_runs_on_kobo(kobo: Device) -> None:
     _install(kobo, "armhf", "/mnt/onboard/iptables")
     proc = lab.exec_(kobo.name, ["iptables", "--version"])
     assert proc.returncode == 0 and "v1.8.9 (legacy)" in proc.stdout, proc.stderr
+
+
+def test_the_collection_accepts_the_lab_bundle_and_finds_every_file(prepared: None) -> None:
+    """The collection's bundle_plan (what the iptables_shim role installs) takes the manifest fleetlab writes."""
+    base = bundles.bundle_dir("armhf")
+    out = bundle_plan(
+        bundles.manifest("armhf"),
+        str(base),
+        "/mnt/onboard/.tailscale/iptables",
+        "/lib",
+        "/usr/sbin",
+        extensions=("libxt_standard.so",),
+    )
+    assert out["files"] and all(Path(f["src"]).is_file() for f in out["files"])
+    assert any(f["src"].endswith("/xtables/libxt_standard.so") for f in out["files"]), out["files"]

@@ -507,6 +507,22 @@ def test_zz_down_leaves_nothing(control_plane: str, devices: dict[str, Device]) 
         assert control.NETNS not in os.listdir("/run/netns")
 
 
+def test_zzz_borrowed_stops_only_the_control_plane_it_started(lab_control_plane: bool) -> None:
+    """Benchmarks borrow the control plane (control.borrowed): one they started goes at the end of the run, one that
+    was already up stays up."""
+    if control.status() is not None:
+        if not lab_control_plane:
+            pytest.skip("the control plane was running before this test session (shared with other lab users)")
+        control.down()  # this session's own
+    with control.borrowed() as url:
+        assert control.status() == url
+        with control.borrowed() as again:  # already up: used, and left up
+            assert again == url
+        assert control.status() == url
+    assert control.status() is None
+    assert not netns.netns_exists(control.NETNS)
+
+
 def stun_request(txid: bytes) -> bytes:
     """tailscale.com/net/stun.Request: binding request, SOFTWARE "tailnode", FINGERPRINT (crc32 ^ 0x5354554e)."""
     software = b"tailnode"

@@ -2,6 +2,7 @@
 
 from fleetlab import control
 url = control.up()                                   # http://198.18.0.2:8080 (idempotent)
+with control.borrowed() as url: ...                  # up for one run, down after it unless it was up before
 key = control.mint_key(tags=("tag:lab",))            # a pre-auth key; a secret: keep it off device command lines
 control.nodes()                                      # `headscale nodes list -o json`, parsed
 control.down()
@@ -42,7 +43,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -452,6 +453,19 @@ def down() -> None:
     with locked():
         _stop_locked()
     lab.release_bridge_if_idle()
+
+
+@contextlib.contextmanager
+def borrowed() -> Iterator[str]:
+    """The control plane for one run (a benchmark): started if it was not running and stopped again at the end;
+    one that was running before (someone's `fleetlab control up`, a test session) is used and left running."""
+    started = status() is None
+    control_url = up()
+    try:
+        yield control_url
+    finally:
+        if started:
+            down()
 
 
 # ------------------------------------------------------------------------------------------------ headscale CLI
