@@ -78,13 +78,14 @@ class MirrorHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        sent = 0
-        if self.command != "HEAD":
-            self.wfile.write(body)
-            sent = len(body)
+        sent = 0 if self.command == "HEAD" else len(body)
         if count:
+            # Counted before the body goes out: a client that has read the response and then asks for the stats
+            # finds its request there (counting after the write raced with that, seen in make test).
             parts = urlsplit(self.path)
             self.server.stats.count(unquote(parts.path), self.path, sent)
+        if sent:
+            self.wfile.write(body)
 
     def do_HEAD(self) -> None:
         self.do_GET()
@@ -121,11 +122,11 @@ class MirrorHandler(BaseHTTPRequestHandler):
     def _track_index(self, track_dir: Path, query: dict[str, list[str]], path: str) -> None:
         if not path.endswith("/"):
             # pkgs.tailscale.com redirects /stable to /stable/; clients following redirects land on the index.
+            self.server.stats.count(path, self.path, 0)  # before the answer, as in _send
             self.send_response(HTTPStatus.MOVED_PERMANENTLY)
             self.send_header("Location", path + "/" + (f"?{urlsplit(self.path).query}" if "?" in self.path else ""))
             self.send_header("Content-Length", "0")
             self.end_headers()
-            self.server.stats.count(path, self.path, 0)
             return
         index = track_dir / "index.json"
         if not index.is_file():
