@@ -39,20 +39,15 @@ def _install(device: Device, arch: str, dst: str) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.fixture(scope="module")
-def prepared(iptables_bundles: None) -> None:
-    """Both arches' bundles (tests/conftest.py's iptables_bundles)."""
-
-
 @pytest.fixture
-def sysvinit(prepared: None) -> Iterator[Device]:
+def sysvinit(iptables_bundles: None) -> Iterator[Device]:
     lab.down("lt-bsv")
     yield lab.up("lt-bsv", "sysvinit")
     lab.down("lt-bsv")
 
 
 @pytest.fixture
-def kobo(prepared: None) -> Iterator[Device]:
+def kobo(iptables_bundles: None) -> Iterator[Device]:
     lab.down("lt-bkobo")
     # tmpfs onboard: this hand install (`cp -a`, the whole xtables dir with libxt_MARK.so beside libxt_mark.so) needs
     # modes and case-sensitive names, which the kobo's default FAT onboard has not (the collection's shim puts the
@@ -62,7 +57,7 @@ def kobo(prepared: None) -> Iterator[Device]:
 
 
 @pytest.mark.parametrize("arch", bundles.ARCHES)
-def test_manifest_lists_real_files(prepared: None, arch: str) -> None:
+def test_manifest_lists_real_files(iptables_bundles: None, arch: str) -> None:
     manifest = bundles.manifest(arch)
     base = bundles.bundle_dir(arch)
     assert (base / manifest["binary"]).is_file()
@@ -97,7 +92,7 @@ def test_armhf_bundle_runs_on_kobo(kobo: Device) -> None:
     assert proc.returncode == 0 and "v1.8.9 (legacy)" in proc.stdout, proc.stderr
 
 
-def test_the_collection_accepts_the_lab_bundle_and_finds_every_file(prepared: None) -> None:
+def test_the_collection_accepts_the_lab_bundle_and_finds_every_file(iptables_bundles: None) -> None:
     """The collection's bundle_plan (what the iptables_shim role installs) takes the manifest fleetlab writes."""
     base = bundles.bundle_dir("armhf")
     out = bundle_plan(
